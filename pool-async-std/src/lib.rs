@@ -1,0 +1,1 @@
+//! The pool-core connection pool on async-std (the adapter arrives with the async driver).

@@ -1,0 +1,165 @@
+//! The machine's configuration and its validation.
+
+use std::fmt;
+use std::time::Duration;
+
+/// What the machine needs to know to manage a pool; validated by [`Config::validate`] and
+/// [`Machine::new`](super::Machine::new).
+///
+/// Every duration is optional where the feature it drives is optional; `None` turns the
+/// feature off. Defaults follow HikariCP where it has an equivalent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// The most connections that may exist at once, counting those opening and closing.
+    pub max_size: usize,
+    /// The machine keeps at least this many idle connections open (prefilled at start,
+    /// replenished after closes), bounded by `max_size`. Idle timeout never closes below it.
+    pub min_idle: usize,
+    /// An idle connection unused this long is closed, unless that would leave fewer than
+    /// `min_idle` idle.
+    pub idle_timeout: Option<Duration>,
+    /// A connection older than this is closed when it is next idle (or returned).
+    pub max_lifetime: Option<Duration>,
+    /// Each connection's lifetime is shortened by a random amount up to this, so connections
+    /// opened together do not all expire together. Must be less than `max_lifetime`.
+    pub max_lifetime_jitter: Duration,
+    /// A lease held longer than this is reported once as a suspected leak.
+    pub leak_threshold: Option<Duration>,
+    /// Opt-in stale reclaim: a lease held longer than this stops counting against
+    /// `max_size`, so a replacement may open; when it finally comes back it is closed.
+    pub reclaim_after: Option<Duration>,
+    /// The back-off after the first failed connect; it doubles with each further failure.
+    pub backoff_base: Duration,
+    /// The longest back-off between connect attempts.
+    pub backoff_max: Duration,
+    /// The seed of the machine's jitter, so a run replays exactly.
+    pub seed: u64,
+}
+
+impl Config {
+    /// A configuration with `max_size` connections and every other field at its default.
+    pub fn new(max_size: usize) -> Self {
+        Self {
+            max_size,
+            min_idle: 0,
+            idle_timeout: Some(Duration::from_secs(600)),
+            max_lifetime: Some(Duration::from_secs(1800)),
+            max_lifetime_jitter: Duration::from_secs(30),
+            leak_threshold: None,
+            reclaim_after: None,
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+            seed: 0x5eed_0f00_9001,
+        }
+    }
+
+    /// Checks every field and their combinations.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first offending field and the reason.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_size == 0 {
+            return Err(ConfigError::new("max_size", "must be at least 1".into()));
+        }
+        if self.max_size > MAX_SIZE_LIMIT {
+            return Err(ConfigError::new(
+                "max_size",
+                format!("is {} but must not exceed {MAX_SIZE_LIMIT}", self.max_size),
+            ));
+        }
+        if self.min_idle > self.max_size {
+            return Err(ConfigError::new(
+                "min_idle",
+                format!(
+                    "is {} but must not exceed max_size ({})",
+                    self.min_idle, self.max_size
+                ),
+            ));
+        }
+        for (field, value) in [
+            ("idle_timeout", self.idle_timeout),
+            ("max_lifetime", self.max_lifetime),
+            ("leak_threshold", self.leak_threshold),
+            ("reclaim_after", self.reclaim_after),
+        ] {
+            if value == Some(Duration::ZERO) {
+                return Err(ConfigError::new(
+                    field,
+                    "must not be zero (use None to turn it off)".into(),
+                ));
+            }
+        }
+        if let Some(lifetime) = self.max_lifetime {
+            if self.max_lifetime_jitter >= lifetime {
+                return Err(ConfigError::new(
+                    "max_lifetime_jitter",
+                    format!(
+                        "is {:?} but must be less than max_lifetime ({lifetime:?})",
+                        self.max_lifetime_jitter
+                    ),
+                ));
+            }
+        }
+        if let (Some(leak), Some(reclaim)) = (self.leak_threshold, self.reclaim_after) {
+            if reclaim < leak {
+                return Err(ConfigError::new(
+                    "reclaim_after",
+                    format!("is {reclaim:?} but must not be shorter than leak_threshold ({leak:?}): a lease would be reclaimed before it is reported"),
+                ));
+            }
+        }
+        if self.backoff_base.is_zero() {
+            return Err(ConfigError::new("backoff_base", "must not be zero".into()));
+        }
+        if self.backoff_max < self.backoff_base {
+            return Err(ConfigError::new(
+                "backoff_max",
+                format!(
+                    "is {:?} but must not be shorter than backoff_base ({:?})",
+                    self.backoff_max, self.backoff_base
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The largest `max_size` the machine accepts; ids are 32-bit indices.
+pub const MAX_SIZE_LIMIT: usize = 1 << 24;
+
+/// A configuration the machine refuses, naming the field and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    field: &'static str,
+    reason: String,
+}
+
+impl ConfigError {
+    /// An error about `field`; `reason` completes the sentence "`field` ...".
+    pub fn new(field: &'static str, reason: String) -> Self {
+        Self { field, reason }
+    }
+
+    /// The name of the offending field.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+
+    /// Why the value was refused.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid pool configuration: `{}` {}",
+            self.field, self.reason
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}

@@ -1,0 +1,270 @@
+//! Ids, tokens, actions, status and errors: the vocabulary of the machine's interface.
+
+use std::fmt;
+use std::time::Duration;
+
+macro_rules! typed_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        ///
+        /// An id pairs a storage index with a serial number unique within its machine, so an
+        /// id that outlived what it named is detected (and ignored), never confused with a
+        /// newer one that reuses the index.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name {
+            pub(crate) index: u32,
+            pub(crate) serial: u64,
+        }
+
+        impl $name {
+            /// The storage index, dense and reused: fit to key a slab or a vector beside the
+            /// machine. Compare whole ids, not indices, to tell two apart.
+            pub fn index(self) -> usize {
+                self.index as usize
+            }
+
+            /// The serial number, unique among every id the machine has issued.
+            pub fn serial(self) -> u64 {
+                self.serial
+            }
+        }
+    };
+}
+
+typed_id!(
+    /// Names one slot: one unit of `max_size`, which is opening, open, or closing.
+    SlotId
+);
+typed_id!(
+    /// Names one task waiting for a connection.
+    WaiterId
+);
+typed_id!(
+    /// Names one lease: one checkout of a connection, from take to release.
+    LeaseId
+);
+
+/// The right to give one connection back: returned with the connection by an acquire and
+/// consumed by [`Machine::release`](super::Machine::release) or
+/// [`Machine::detach`](super::Machine::detach). It cannot be copied; losing one leaves its
+/// slot counted as in use until leak detection or stale reclaim notices.
+#[must_use = "a lease must be handed back with its connection, or the slot stays in use"]
+#[derive(Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub(crate) id: LeaseId,
+}
+
+impl Lease {
+    /// The id of this lease, as leak reports name it.
+    pub fn id(&self) -> LeaseId {
+        self.id
+    }
+}
+
+/// What the driver must do next; drained with [`Machine::poll_action`](super::Machine::poll_action).
+#[derive(Debug)]
+pub enum Action<C> {
+    /// Open a connection for this reserved slot, then report with
+    /// [`handle_connected`](super::Machine::handle_connected) or
+    /// [`handle_connect_failed`](super::Machine::handle_connect_failed).
+    Open {
+        /// The slot reserved for the new connection.
+        slot: SlotId,
+    },
+    /// Close this connection, then report with [`handle_closed`](super::Machine::handle_closed):
+    /// the slot counts against `max_size` until then.
+    Close {
+        /// The slot the connection occupied.
+        slot: SlotId,
+        /// The connection to close.
+        conn: C,
+        /// Why it is closed.
+        reason: CloseReason,
+    },
+    /// This waiter's outcome is ready: wake its task, which collects it with
+    /// [`take`](super::Machine::take).
+    Wake {
+        /// The waiter whose outcome is ready.
+        waiter: WaiterId,
+    },
+    /// A lease has been held longer than `leak_threshold` (reported once per lease).
+    LeakSuspected {
+        /// The lease, as issued with its connection.
+        lease: LeaseId,
+        /// How long it had been held when noticed.
+        held_for: Duration,
+    },
+    /// A lease has been held longer than `reclaim_after`: it no longer counts against
+    /// `max_size`, and its connection will be closed when it comes back.
+    Reclaimed {
+        /// The abandoned lease.
+        lease: LeaseId,
+        /// How long it had been held when reclaimed.
+        held_for: Duration,
+    },
+    /// The machine is closed and every counted connection has been closed: emitted once.
+    Drained,
+}
+
+/// Why a connection is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// Its holder reported it broken.
+    Broken,
+    /// Its holder chose not to return it to the pool.
+    Discarded,
+    /// It sat idle longer than `idle_timeout`.
+    IdleTimeout,
+    /// It lived longer than `max_lifetime`.
+    MaxLifetime,
+    /// The pool had shrunk below its size.
+    Surplus,
+    /// The pool was closed.
+    PoolClosed,
+    /// Its lease had been reclaimed as abandoned.
+    Reclaimed,
+}
+
+impl CloseReason {
+    /// A short lowercase name, for logs and counters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Broken => "broken",
+            Self::Discarded => "discarded",
+            Self::IdleTimeout => "idle timeout",
+            Self::MaxLifetime => "max lifetime",
+            Self::Surplus => "surplus",
+            Self::PoolClosed => "pool closed",
+            Self::Reclaimed => "reclaimed",
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a connection comes back with [`Machine::release`](super::Machine::release).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Release {
+    /// It is healthy: reuse it.
+    Reuse,
+    /// It is broken: close it.
+    Broken,
+    /// It works, but its holder wants it closed (its state is unknown, or it was tainted).
+    Discard,
+}
+
+/// What an acquire got right away.
+#[derive(Debug)]
+#[must_use = "a granted connection must be released, and a waiter must be taken or cancelled"]
+pub enum Acquired<C> {
+    /// An idle connection, leased to the caller.
+    Ready(Lease, C),
+    /// No idle connection: the caller waits as this waiter until woken by
+    /// [`Action::Wake`], then calls [`take`](super::Machine::take), or gives up with
+    /// [`cancel`](super::Machine::cancel).
+    Waiting(WaiterId),
+}
+
+/// A snapshot of the pool's counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub struct Status {
+    /// The configured maximum.
+    pub max_size: usize,
+    /// Everything that counts against `max_size`: `idle + in_use + opening + closing`.
+    pub size: usize,
+    /// Open connections waiting to be used.
+    pub idle: usize,
+    /// Connections leased to tasks, or granted to a waiter that has not taken them yet.
+    pub in_use: usize,
+    /// Connects in flight.
+    pub opening: usize,
+    /// Closes in flight that still count against `max_size`.
+    pub closing: usize,
+    /// Tasks waiting for a connection.
+    pub waiting: usize,
+    /// Reclaimed leases that have not come back (they do not count against `max_size`).
+    pub abandoned: usize,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} of {} in use, {} idle, {} opening, {} waiting",
+            self.in_use, self.max_size, self.idle, self.opening, self.waiting
+        )?;
+        if self.closing > 0 {
+            write!(f, ", {} closing", self.closing)?;
+        }
+        if self.abandoned > 0 {
+            write!(f, ", {} abandoned", self.abandoned)?;
+        }
+        Ok(())
+    }
+}
+
+/// A waiter reached its deadline without a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimedOut<E> {
+    /// How long it waited.
+    pub waited: Duration,
+    /// The pool as it was at the deadline (the waiter itself counted as waiting).
+    pub status: Status,
+    /// The most recent connect error since the last successful connect, if any.
+    pub last_connect_error: Option<E>,
+}
+
+impl<E: fmt::Display> fmt::Display for TimedOut<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "timed out after {:?} waiting for a connection ({}",
+            self.waited, self.status
+        )?;
+        if let Some(error) = &self.last_connect_error {
+            write!(f, "; last connect error: {error}")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// Why an acquire or a [`take`](super::Machine::take) yields no connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AcquireError<E> {
+    /// The machine is closed.
+    Closed,
+    /// The deadline passed first.
+    TimedOut(TimedOut<E>),
+    /// A [`try_acquire`](super::Machine::try_acquire) found no idle connection.
+    Exhausted(Status),
+    /// The waiter id is not (or no longer) known: it was taken or cancelled already.
+    UnknownWaiter(WaiterId),
+}
+
+impl<E: fmt::Display> fmt::Display for AcquireError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Closed => f.write_str("the pool is closed"),
+            Self::TimedOut(t) => t.fmt(f),
+            Self::Exhausted(s) => write!(f, "no idle connection ({s})"),
+            Self::UnknownWaiter(w) => write!(f, "unknown waiter {w:?}: already taken or cancelled"),
+        }
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> std::error::Error for AcquireError<E> {}
+
+/// An input named a slot or lease the machine does not know in that state; the connection
+/// it carried, if any, is handed back untouched for the caller to dispose of.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Rejected<C> {
+    /// The connection the input carried.
+    pub conn: Option<C>,
+}
