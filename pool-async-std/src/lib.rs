@@ -1,1 +1,80 @@
-//! The pool-core connection pool on async-std (the adapter arrives with the async driver).
+//! The [`pool_core`] connection pool on async-std.
+//!
+//! **async-std is discontinued upstream** (RUSTSEC-2025-0052); this adapter is kept for
+//! existing users. New code should prefer `pool-smol` (async-std's successor ecosystem) or
+//! `pool-tokio`.
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! /// A manager whose "connections" are numbers; a real one opens a database connection.
+//! struct Numbers(std::sync::atomic::AtomicU32);
+//!
+//! impl pool_async_std::Manager for Numbers {
+//!     type Connection = u32;
+//!     type Error = std::io::Error;
+//!     async fn connect(&self) -> Result<u32, std::io::Error> {
+//!         Ok(self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+//!     }
+//! }
+//!
+//! #[async_std::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let pool = pool_async_std::Pool::builder(Numbers(0.into()))
+//!         .max_size(4)
+//!         .acquire_timeout(Some(Duration::from_secs(5)))
+//!         .build()?;
+//!     let conn = pool.get().await?; // a guard: derefs to the connection
+//!     assert_eq!(*conn, 0);
+//!     drop(conn); // back to the pool
+//!     let n = pool.with_connection(async |conn: &mut u32| *conn + 1).await?;
+//!     assert_eq!(n, 1);
+//!     Ok(())
+//! }
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Instant;
+
+pub use pool_core::{BuildError, Error, LeakReport, Manager, Metrics, Status};
+
+/// A pool running on async-std.
+pub type Pool<M> = pool_core::Pool<M, AsyncStd>;
+/// The builder of a [`Pool`].
+pub type Builder<M> = pool_core::Builder<M, AsyncStd>;
+/// A connection lent by a [`Pool`].
+pub type PooledConnection<M> = pool_core::PooledConnection<M, AsyncStd>;
+
+/// [`pool_core::Runtime`] for async-std's global executor, timers and blocking pool.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AsyncStd;
+
+impl pool_core::Runtime for AsyncStd {
+    type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    fn current() -> Result<Self, String> {
+        Ok(Self)
+    }
+
+    fn spawn<F>(&self, future: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        drop(async_std::task::spawn(future));
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Self::Sleep {
+        Box::pin(async_std::task::sleep(
+            deadline.saturating_duration_since(Instant::now()),
+        ))
+    }
+
+    fn spawn_blocking<F, T>(&self, f: F) -> impl Future<Output = T> + Send + 'static
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        async_std::task::spawn_blocking(f)
+    }
+}

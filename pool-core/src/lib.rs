@@ -8,5 +8,12 @@
 //! ([`sim`]).
 #![warn(missing_docs)]
 
+pub use driver::{
+    Acquire, BuildError, Builder, ConnectError, Error, LeakReport, Manager, Metrics, Pool,
+    PooledConnection, Runtime,
+};
+pub use machine::Status;
+
+pub mod driver;
 pub mod machine;
 pub mod sim;

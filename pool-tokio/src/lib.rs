@@ -1,1 +1,107 @@
-//! The pool-core connection pool on tokio (the adapter arrives with the async driver).
+//! The [`pool_core`] connection pool on tokio.
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! /// A manager whose "connections" are numbers; a real one opens a database connection.
+//! struct Numbers(std::sync::atomic::AtomicU32);
+//!
+//! impl pool_tokio::Manager for Numbers {
+//!     type Connection = u32;
+//!     type Error = std::io::Error;
+//!     async fn connect(&self) -> Result<u32, std::io::Error> {
+//!         Ok(self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let pool = pool_tokio::Pool::builder(Numbers(0.into()))
+//!         .max_size(4)
+//!         .acquire_timeout(Some(Duration::from_secs(5)))
+//!         .build()?;
+//!     let conn = pool.get().await?; // a guard: derefs to the connection
+//!     assert_eq!(*conn, 0);
+//!     drop(conn); // back to the pool
+//!     let n = pool.with_connection(async |conn: &mut u32| *conn + 1).await?;
+//!     assert_eq!(n, 1);
+//!     println!("{}", pool.status()); // 0 of 4 in use, 1 idle, 0 opening, 0 waiting
+//!     Ok(())
+//! }
+//! ```
+//!
+//! The pool takes part in tokio's cooperative budget: an acquire checks the budget before
+//! it takes a connection, never after, so a task never yields while holding one it has
+//! just been granted.
+
+use std::future::Future;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+pub use pool_core::{BuildError, Error, LeakReport, Manager, Metrics, Status};
+
+/// A pool running on tokio.
+pub type Pool<M> = pool_core::Pool<M, Tokio>;
+/// The builder of a [`Pool`].
+pub type Builder<M> = pool_core::Builder<M, Tokio>;
+/// A connection lent by a [`Pool`].
+pub type PooledConnection<M> = pool_core::PooledConnection<M, Tokio>;
+
+/// [`pool_core::Runtime`] for tokio: spawns on the runtime the pool was built in, uses its
+/// timers (so `tokio::time::pause` applies) and its blocking pool.
+#[derive(Debug, Clone)]
+pub struct Tokio {
+    handle: tokio::runtime::Handle,
+}
+
+impl Tokio {
+    /// Runs pools on the runtime behind `handle`.
+    pub fn new(handle: tokio::runtime::Handle) -> Self {
+        Self { handle }
+    }
+}
+
+impl pool_core::Runtime for Tokio {
+    type Sleep = tokio::time::Sleep;
+
+    fn current() -> Result<Self, String> {
+        tokio::runtime::Handle::try_current()
+            .map(Self::new)
+            .map_err(|e| format!("no tokio runtime: {e}"))
+    }
+
+    fn spawn<F>(&self, future: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        drop(self.handle.spawn(future));
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Self::Sleep {
+        let _context = self.handle.enter();
+        tokio::time::sleep_until(deadline.into())
+    }
+
+    fn spawn_blocking<F, T>(&self, f: F) -> impl Future<Output = T> + Send + 'static
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let task = self.handle.spawn_blocking(f);
+        async move {
+            match task.await {
+                Ok(value) => value,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => panic!("blocking task cancelled by runtime shutdown: {e}"),
+            }
+        }
+    }
+
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    fn poll_budget(&self, cx: &mut Context<'_>) -> Poll<()> {
+        tokio::task::coop::poll_proceed(cx).map(|restore| restore.made_progress())
+    }
+}

@@ -225,7 +225,8 @@ impl<E: fmt::Display> fmt::Display for TimedOut<E> {
         write!(
             f,
             "timed out after {:?} waiting for a connection ({}",
-            self.waited, self.status
+            round_ms(self.waited),
+            self.status
         )?;
         if let Some(error) = &self.last_connect_error {
             write!(f, "; last connect error: {error}")?;
@@ -267,4 +268,14 @@ impl<E: fmt::Debug + fmt::Display> std::error::Error for AcquireError<E> {}
 pub struct Rejected<C> {
     /// The connection the input carried.
     pub conn: Option<C>,
+}
+
+/// Rounds to whole milliseconds for display ("5s", not "5.000213s"); sub-millisecond
+/// durations are shown as they are.
+fn round_ms(d: Duration) -> Duration {
+    if d < Duration::from_millis(1) {
+        return d;
+    }
+    let ms = (d.as_nanos() + 500_000) / 1_000_000;
+    Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
 }

@@ -1,0 +1,120 @@
+//! The driver's errors: each says what happened and what the pool looked like.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::machine::{ConfigError, Status, TimedOut};
+
+/// Why a connect failed, as kept for time-out reports.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConnectError<E> {
+    /// The manager's connect returned an error.
+    Failed(E),
+    /// The connect did not finish within the connect timeout.
+    TimedOut(Duration),
+    /// The connect panicked, or the runtime dropped its task.
+    Aborted,
+}
+
+impl<E: fmt::Display> fmt::Display for ConnectError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Failed(e) => e.fmt(f),
+            Self::TimedOut(d) => write!(f, "connect timed out after {d:?}"),
+            Self::Aborted => f.write_str("the connect panicked or its task was dropped"),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for ConnectError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Why the pool gave no connection.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error<E> {
+    /// No connection became available before the deadline. Carries how long the task
+    /// waited, the pool's status at the deadline and the last connect error.
+    TimedOut(TimedOut<Arc<ConnectError<E>>>),
+    /// The pool is closed.
+    Closed,
+    /// [`try_get`](super::Pool::try_get) found no idle connection.
+    Exhausted(Status),
+}
+
+impl<E> Error<E> {
+    /// Whether this is [`Error::TimedOut`].
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::TimedOut(_))
+    }
+
+    /// The pool's status when the error arose, where the error carries one.
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            Self::TimedOut(t) => Some(t.status),
+            Self::Exhausted(s) => Some(*s),
+            Self::Closed => None,
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for Error<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TimedOut(t) => t.fmt(f),
+            Self::Closed => f.write_str("the pool is closed"),
+            Self::Exhausted(s) => write!(f, "no idle connection ({s})"),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::TimedOut(t) => t.last_connect_error.as_deref().map(|e| e as _),
+            _ => None,
+        }
+    }
+}
+
+/// A pool that could not be built.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The configuration is invalid.
+    Config(ConfigError),
+    /// No runtime to run on (for example, `build` was called outside a tokio runtime).
+    NoRuntime(String),
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config(e) => e.fmt(f),
+            Self::NoRuntime(why) => write!(f, "cannot build the pool: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Config(e) => Some(e),
+            Self::NoRuntime(_) => None,
+        }
+    }
+}
+
+impl From<ConfigError> for BuildError {
+    fn from(e: ConfigError) -> Self {
+        Self::Config(e)
+    }
+}

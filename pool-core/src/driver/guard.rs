@@ -1,0 +1,193 @@
+//! The guard that lends a connection and gives it back on drop.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use super::runtime::{Manager, Runtime};
+use super::shared::{ConnOf, Shared};
+use super::util::timeout;
+use crate::machine::{Lease, LeaseId, Release};
+
+/// A connection lent by the pool: derefs to the connection and goes back to the pool when
+/// dropped, on every path (normal return, `?`, panic, or the task being cancelled).
+///
+/// On drop the connection is checked with [`Manager::has_broken`] and, if the manager asks
+/// for it, reset in a spawned task before reuse. If the thread is panicking, or a checkout
+/// check was interrupted, the connection's state is unknown and it is closed instead.
+pub struct PooledConnection<M: Manager, R: Runtime> {
+    shared: Arc<Shared<M, R>>,
+    /// `Some` until the guard is dropped or detached.
+    inner: Option<(Lease, ConnOf<M>)>,
+    /// Close instead of reuse on drop.
+    pub(crate) tainted: bool,
+}
+
+impl<M: Manager, R: Runtime> PooledConnection<M, R> {
+    pub(crate) fn new(shared: Arc<Shared<M, R>>, lease: Lease, conn: ConnOf<M>) -> Self {
+        Self {
+            shared,
+            inner: Some((lease, conn)),
+            tainted: false,
+        }
+    }
+
+    /// The id of this lease, as leak reports name it.
+    pub fn lease_id(&self) -> LeaseId {
+        match &self.inner {
+            Some((lease, _)) => lease.id(),
+            // `inner` is only taken by `drop` and `detach`, which consume the guard.
+            None => unreachable!("a live guard holds its lease"),
+        }
+    }
+
+    /// Closes the connection instead of returning it to the pool (its slot is freed and
+    /// may be refilled).
+    pub fn discard(mut self) {
+        self.tainted = true;
+    }
+
+    /// Takes the connection out of the pool for good: its slot is freed (and may be
+    /// refilled) and the pool never sees the connection again.
+    pub fn detach(mut self) -> M::Connection {
+        let Some((lease, conn)) = self.inner.take() else {
+            unreachable!("a live guard holds its lease")
+        };
+        let now = self.shared.runtime.now();
+        let _ = self.shared.transition(|state| {
+            let bt = state.set_backtrace(lease.id(), None);
+            (state.machine.detach(lease, now), bt)
+        });
+        conn.raw
+    }
+
+    fn conn(&self) -> &ConnOf<M> {
+        match &self.inner {
+            Some((_, conn)) => conn,
+            None => unreachable!("a live guard holds its connection"),
+        }
+    }
+
+    fn conn_mut(&mut self) -> &mut ConnOf<M> {
+        match &mut self.inner {
+            Some((_, conn)) => conn,
+            None => unreachable!("a live guard holds its connection"),
+        }
+    }
+}
+
+impl<M: Manager, R: Runtime> Deref for PooledConnection<M, R> {
+    type Target = M::Connection;
+    fn deref(&self) -> &M::Connection {
+        &self.conn().raw
+    }
+}
+
+impl<M: Manager, R: Runtime> DerefMut for PooledConnection<M, R> {
+    fn deref_mut(&mut self) -> &mut M::Connection {
+        &mut self.conn_mut().raw
+    }
+}
+
+impl<M: Manager, R: Runtime> Drop for PooledConnection<M, R> {
+    fn drop(&mut self) {
+        let Some((lease, mut conn)) = self.inner.take() else {
+            return;
+        };
+        let shared = &self.shared;
+        let how = if self.tainted || std::thread::panicking() {
+            Release::Discard
+        } else {
+            // User code: a panic in it counts as "broken" rather than losing the lease.
+            let manager = &shared.manager;
+            match catch_unwind(AssertUnwindSafe(|| {
+                (
+                    manager.has_broken(&mut conn.raw),
+                    manager.needs_reset(&conn.raw),
+                )
+            })) {
+                Ok((true, _)) | Err(_) => Release::Broken,
+                Ok((false, true)) => {
+                    let task = reset(Arc::clone(shared), lease, conn);
+                    shared.runtime.spawn(task);
+                    return;
+                }
+                Ok((false, false)) => Release::Reuse,
+            }
+        };
+        release(shared, lease, conn, how);
+    }
+}
+
+/// Hands a connection back to the machine.
+pub(crate) fn release<M: Manager, R: Runtime>(
+    shared: &Arc<Shared<M, R>>,
+    lease: Lease,
+    mut conn: ConnOf<M>,
+    how: Release,
+) {
+    let now = shared.runtime.now();
+    conn.last_used = now;
+    let leftovers = shared.transition(|state| {
+        let bt = if shared.settings.leak_backtraces {
+            state.set_backtrace(lease.id(), None)
+        } else {
+            None
+        };
+        (state.machine.release(lease, conn, how, now).err(), bt)
+    });
+    // A rejected connection or a backtrace is dropped here, outside the lock.
+    drop(leftovers);
+}
+
+/// Resets a returned connection in the background, then releases it (closing it if the
+/// reset fails, times out, panics or is dropped).
+async fn reset<M: Manager, R: Runtime>(shared: Arc<Shared<M, R>>, lease: Lease, conn: ConnOf<M>) {
+    struct Pending<M: Manager, R: Runtime> {
+        shared: Arc<Shared<M, R>>,
+        inner: Option<(Lease, ConnOf<M>)>,
+        how: Release,
+    }
+    impl<M: Manager, R: Runtime> Drop for Pending<M, R> {
+        fn drop(&mut self) {
+            if let Some((lease, conn)) = self.inner.take() {
+                release(&self.shared, lease, conn, self.how);
+            }
+        }
+    }
+    let mut pending = Pending {
+        shared,
+        inner: Some((lease, conn)),
+        how: Release::Discard,
+    };
+    let Pending { shared, inner, .. } = &mut pending;
+    let Some((_, conn)) = inner.as_mut() else {
+        return;
+    };
+    let limit = shared.settings.reset_timeout;
+    let ok = match timeout(&shared.runtime, limit, shared.manager.reset(&mut conn.raw)).await {
+        Some(result) => result.map_err(|e| e.to_string()),
+        None => Err(format!("timed out after {limit:?}")),
+    };
+    match ok {
+        Ok(()) => pending.how = Release::Reuse,
+        Err(error) => {
+            tracing::warn!(%error, "connection reset failed; closing it");
+            pending.shared.lock().metrics.resets_failed += 1;
+        }
+    }
+}
+
+impl<M: Manager, R: Runtime> fmt::Debug for PooledConnection<M, R>
+where
+    M::Connection: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("PooledConnection");
+        if let Some((lease, conn)) = &self.inner {
+            s.field("lease", &lease.id()).field("conn", &conn.raw);
+        }
+        s.finish()
+    }
+}

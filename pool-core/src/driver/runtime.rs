@@ -1,0 +1,95 @@
+//! What the driver needs from an async runtime, and what it needs from a connection type.
+
+use std::future::Future;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// The few things the driver needs from an async runtime: spawning, a timer, a blocking
+/// pool, and (optionally) the clock and a cooperative budget.
+///
+/// The adapters `pool-tokio`, `pool-async-std` and `pool-smol` implement it; implement it
+/// yourself to embed the pool in another executor.
+pub trait Runtime: Clone + Send + Sync + 'static {
+    /// The timer future of [`sleep_until`](Runtime::sleep_until).
+    type Sleep: Future + Send + 'static;
+
+    /// The runtime of the calling context, used by [`Builder::build`](super::Builder::build).
+    ///
+    /// # Errors
+    /// A message saying why there is none (for example, no tokio runtime is running).
+    fn current() -> Result<Self, String>;
+
+    /// Runs `future` to completion in the background, detached.
+    fn spawn<F>(&self, future: F)
+    where
+        F: Future<Output = ()> + Send + 'static;
+
+    /// A future that completes at `deadline` (its output is ignored).
+    fn sleep_until(&self, deadline: Instant) -> Self::Sleep;
+
+    /// Runs blocking `f` on the runtime's blocking pool.
+    fn spawn_blocking<F, T>(&self, f: F) -> impl Future<Output = T> + Send + 'static
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static;
+
+    /// The current instant; override it to run the pool on a virtual clock.
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    /// Takes part in the runtime's cooperative budget, if it has one: `Pending` (with a wake
+    /// scheduled) when the task has used up its budget and should yield. The pool asks before
+    /// it takes a connection, never after, so it never yields while holding one.
+    fn poll_budget(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let _ = cx;
+        Poll::Ready(())
+    }
+}
+
+/// Opens, checks and resets connections of one kind.
+///
+/// Only [`connect`](Manager::connect) is required. The pool never calls a manager method
+/// while it holds its lock.
+pub trait Manager: Send + Sync + 'static {
+    /// The connection type.
+    type Connection: Send + 'static;
+    /// The error of connects and checks.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Opens a new connection. The pool bounds it by its connect timeout.
+    fn connect(&self) -> impl Future<Output = Result<Self::Connection, Self::Error>> + Send;
+
+    /// Checks a connection on checkout (skipped for connections used within the check bypass
+    /// window). An error discards the connection and the acquire tries again.
+    fn check(
+        &self,
+        conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        let _ = conn;
+        async { Ok(()) }
+    }
+
+    /// A fast, synchronous test on checkin: `true` closes the connection instead of pooling it.
+    fn has_broken(&self, conn: &mut Self::Connection) -> bool {
+        let _ = conn;
+        false
+    }
+
+    /// Whether a returned connection needs [`reset`](Manager::reset) before reuse.
+    fn needs_reset(&self, conn: &Self::Connection) -> bool {
+        let _ = conn;
+        false
+    }
+
+    /// Makes a returned connection fit for the next borrower (roll back, clear session
+    /// state). Runs in a spawned task while the slot still counts as in use; an error or a
+    /// time-out closes the connection instead.
+    fn reset(
+        &self,
+        conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        let _ = conn;
+        async { Ok(()) }
+    }
+}
