@@ -1,1 +1,48 @@
-//! Shared helpers for the conformance suite.
+//! The conformance suite: every scenario is written once here, generic over the
+//! [`Runtime`], and compiled once per adapter by [`conformance!`] (in `tests/tokio.rs`,
+//! `tests/async_std.rs`, `tests/smol.rs`), the way rustls compiles one suite per crypto
+//! provider.
+//!
+//! The pool runs on a [`Counted`] runtime (the adapter's, counting the pool's live tasks)
+//! with a [`Fake`] manager that can be told, per step (connect, check, reset), to succeed,
+//! fail, be slow, or never finish, and that counts the connections alive.
+
+pub mod fake;
+pub mod suite;
+
+pub use fake::{Counted, Fake, FakeConn, Step};
+
+/// Generates one `#[test]` per conformance scenario for runtime `$rt`, each run to
+/// completion by `$block_on`.
+#[macro_export]
+macro_rules! conformance {
+    ($rt:ty, $block_on:path) => {
+        $crate::conformance!(@tests $rt, $block_on;
+            pool_of_two_never_opens_a_third_connection,
+            seventh_task_times_out_with_the_pool_state,
+            short_jobs_finish_while_others_sleep_outside_the_pool,
+            cancelling_an_acquire_at_every_await_point_loses_nothing,
+            acquire_timeout_is_honoured,
+            close_fails_waiters_and_drains,
+            panic_while_holding_a_guard_discards_the_connection,
+            leak_is_reported_with_where_it_was_acquired,
+            abandoned_lease_is_reclaimed_and_closed_on_return,
+            maintenance_task_ends_when_the_pool_is_dropped,
+            try_get_never_waits,
+            broken_connection_is_closed_not_pooled,
+            reset_runs_before_reuse,
+            failed_check_discards_and_retries,
+            growing_the_pool_serves_a_waiter,
+            connect_failures_back_off_and_report_the_last_error,
+            build_rejects_bad_configuration,
+        );
+    };
+    (@tests $rt:ty, $block_on:path; $($name:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $block_on($crate::suite::$name::<$rt>());
+            }
+        )+
+    };
+}

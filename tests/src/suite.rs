@@ -1,0 +1,554 @@
+//! The conformance scenarios, each generic over the runtime. They assert outcomes (counts,
+//! errors, order), and time only with wide tolerances: the machines are shared and noisy.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::{join_all, select, Either};
+use pool_core::{BuildError, Builder, Error, LeakReport, Pool, Runtime};
+
+use crate::fake::{Counted, Fake, Step};
+
+type TestPool<R> = Pool<Fake<Counted<R>>, Counted<R>>;
+
+fn runtime<R: Runtime>() -> Counted<R> {
+    match Counted::<R>::current() {
+        Ok(rt) => rt,
+        Err(e) => panic!("the conformance suite runs inside its runtime: {e}"),
+    }
+}
+
+fn builder<R: Runtime>(rt: &Counted<R>) -> Builder<Fake<Counted<R>>, Counted<R>> {
+    Pool::builder(Fake::new(rt.clone()))
+        .runtime(rt.clone())
+        .check_on_checkout(false, Duration::ZERO)
+        .backoff(Duration::from_millis(10), Duration::from_millis(50))
+}
+
+fn build<R: Runtime>(b: Builder<Fake<Counted<R>>, Counted<R>>) -> TestPool<R> {
+    match b.build() {
+        Ok(pool) => pool,
+        Err(e) => panic!("the test's pool must build: {e}"),
+    }
+}
+
+/// Waits (up to 3 s) until `done` holds.
+async fn wait_until<R: Runtime>(rt: &Counted<R>, done: impl Fn() -> bool) {
+    let give_up = Instant::now() + Duration::from_secs(3);
+    while !done() && Instant::now() < give_up {
+        rt.sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits (up to 3 s) until nothing is opening or closing, then checks that the status adds
+/// up and that every live connection is one the pool counts.
+async fn assert_settled<R: Runtime>(rt: &Counted<R>, pool: &TestPool<R>) {
+    wait_until(rt, || {
+        let s = pool.status();
+        s.opening == 0 && s.closing == 0
+    })
+    .await;
+    let s = pool.status();
+    assert_eq!(
+        s.size,
+        s.idle + s.in_use + s.opening + s.closing,
+        "status adds up: {s:?}"
+    );
+    assert!(s.size <= s.max_size, "size within max: {s:?}");
+    assert_eq!(
+        pool.manager().live(),
+        s.idle + s.in_use,
+        "every live connection is counted: {s:?}"
+    );
+}
+
+/// Seed 003: concurrent acquirers and slow connects never make a pool of 2 open a third.
+pub async fn pool_of_two_never_opens_a_third_connection<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(2));
+    pool.manager()
+        .set_connect(Step::Slow(Duration::from_millis(100)));
+    let tasks = (0..3).map(|_| {
+        let (pool, rt2) = (pool.clone(), rt.clone());
+        rt.spawn(async move {
+            let conn = pool.get().await.map_err(|e| e.to_string())?;
+            rt2.sleep(Duration::from_millis(200)).await;
+            Ok::<_, String>(conn.id)
+        })
+    });
+    let ids: Vec<_> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task ran").expect("task got a connection"))
+        .collect();
+    assert_eq!(
+        pool.manager().opened(),
+        2,
+        "a pool of 2 opened exactly 2 connections"
+    );
+    assert!(
+        pool.manager()
+            .stats
+            .max_live
+            .load(std::sync::atomic::Ordering::SeqCst)
+            <= 2
+    );
+    assert_eq!(ids.len(), 3, "the third task was served after a release");
+    assert_settled(&rt, &pool).await;
+}
+
+/// Seed 002: seven tasks hold connections of a pool of 3 with a deadline: the ones that do not
+/// get one time out with an error that shows the pool's state.
+pub async fn seventh_task_times_out_with_the_pool_state<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(
+        builder(&rt)
+            .max_size(3)
+            .acquire_timeout(Some(Duration::from_millis(300))),
+    );
+    let start = Instant::now();
+    let tasks = (0..7).map(|_| {
+        let (pool, rt2) = (pool.clone(), rt.clone());
+        rt.spawn(async move {
+            let conn = pool
+                .get()
+                .await
+                .map_err(|e| (e.to_string(), e.is_timeout(), Instant::now()))?;
+            rt2.sleep(Duration::from_millis(1500)).await;
+            drop(conn);
+            Ok(())
+        })
+    });
+    let results: Vec<_> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task ran"))
+        .collect();
+    let failures: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(
+        failures.len(),
+        4,
+        "3 tasks hold the 3 connections, 4 time out: {results:?}"
+    );
+    for (message, is_timeout, at) in failures {
+        assert!(is_timeout, "{message}");
+        assert!(message.starts_with("timed out after"), "{message}");
+        assert!(
+            message.contains("3 of 3 in use"),
+            "the error shows the pool's state: {message}"
+        );
+        assert!(message.contains("waiting"), "{message}");
+        let waited = at.duration_since(start);
+        assert!(
+            waited >= Duration::from_millis(300),
+            "not before the deadline: {waited:?}"
+        );
+        assert!(
+            waited < Duration::from_millis(1400),
+            "at the deadline, not after a release: {waited:?}"
+        );
+    }
+    assert_eq!(pool.metrics().timed_out, 4);
+    assert_settled(&rt, &pool).await;
+}
+
+/// Seed 002: six tasks on a pool of 3 each do a short job with a connection and then sleep
+/// long outside the pool; all jobs finish long before the first sleep ends.
+pub async fn short_jobs_finish_while_others_sleep_outside_the_pool<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(3));
+    let start = Instant::now();
+    let tasks = (0..6).map(|_| {
+        let (pool, rt2) = (pool.clone(), rt.clone());
+        rt.spawn(async move {
+            let sleeper = rt2.clone();
+            pool.with_connection(async move |_conn| sleeper.sleep(Duration::from_millis(50)).await)
+                .await
+                .map_err(|e| e.to_string())?;
+            let job_done = Instant::now();
+            rt2.sleep(Duration::from_secs(1)).await;
+            Ok::<_, String>((job_done, Instant::now()))
+        })
+    });
+    let times: Vec<_> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task ran").expect("job ran"))
+        .collect();
+    let last_job = times.iter().map(|t| t.0).max().expect("six tasks");
+    let first_wake = times.iter().map(|t| t.1).min().expect("six tasks");
+    assert!(
+        last_job < first_wake,
+        "every job finished before any sleep ended"
+    );
+    assert!(
+        last_job.duration_since(start) < Duration::from_millis(900),
+        "jobs were quick"
+    );
+    assert!(pool.manager().opened() <= 3);
+    assert_settled(&rt, &pool).await;
+}
+
+/// Cancel an acquire at every await point, for every step (connect, check, reset) behaving
+/// every way (ok, err, slow, never): nothing is lost, and a later acquire succeeds.
+pub async fn cancelling_an_acquire_at_every_await_point_loses_nothing<R: Runtime>() {
+    let rt = runtime::<R>();
+    for which in ["connect", "check", "reset"] {
+        for step in Step::all(Duration::from_millis(40)) {
+            for cancel_after in [
+                Duration::ZERO,
+                Duration::from_millis(20),
+                Duration::from_millis(60),
+            ] {
+                let case = format!("{which} {step:?}, acquire dropped after {cancel_after:?}");
+                let pool = build(
+                    builder(&rt)
+                        .max_size(2)
+                        .check_on_checkout(true, Duration::ZERO)
+                        .connect_timeout(Duration::from_millis(100))
+                        .reset_timeout(Duration::from_millis(100)),
+                );
+                let manager = pool.manager();
+                match which {
+                    "connect" => manager.set_connect(step),
+                    "check" => manager.set_check(step),
+                    _ => {
+                        manager.set_reset(step);
+                        // Two connections out and back: both are resetting when we acquire.
+                        let a = pool.get().await.expect(&case);
+                        let b = pool.get().await.expect(&case);
+                        drop((a, b));
+                    }
+                }
+                {
+                    // The acquire future is dropped at the end of this block.
+                    let acquire = pool.get();
+                    let timer = rt.sleep(cancel_after);
+                    futures::pin_mut!(acquire, timer);
+                    if let Either::Left((got, _)) = select(acquire, timer).await {
+                        drop(got);
+                    }
+                }
+                manager.set_connect(Step::Ok);
+                manager.set_check(Step::Ok);
+                if which == "reset" {
+                    manager.set_reset(Step::Ok);
+                }
+                // Let connect, check and reset time-outs (100 ms) and back-offs run out.
+                rt.sleep(Duration::from_millis(150)).await;
+                let conn = pool.get_timeout(Duration::from_secs(2)).await;
+                assert!(
+                    conn.is_ok(),
+                    "{case}: a later acquire succeeds: {:?}",
+                    conn.err()
+                );
+                drop(conn);
+                // A returned connection may still be resetting (it counts as in use).
+                wait_until(&rt, || pool.status().in_use == 0).await;
+                assert_settled(&rt, &pool).await;
+                let s = pool.status();
+                assert_eq!((s.in_use, s.waiting), (0, 0), "{case}: {s:?}");
+            }
+        }
+    }
+}
+
+/// An acquire with a per-call timeout fails at its deadline, not before, and not much after.
+pub async fn acquire_timeout_is_honoured<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(1));
+    let held = pool.get().await.expect("one connection");
+    let start = Instant::now();
+    let err = pool
+        .get_timeout(Duration::from_millis(200))
+        .await
+        .expect_err("the pool is exhausted");
+    let waited = start.elapsed();
+    assert!(err.is_timeout(), "{err}");
+    assert!(waited >= Duration::from_millis(200), "{waited:?}");
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+    assert_eq!(err.status().map(|s| (s.in_use, s.max_size)), Some((1, 1)));
+    drop(held);
+    assert_settled(&rt, &pool).await;
+}
+
+/// close() fails waiters at once, refuses new acquires, closes returned connections, and
+/// `drained()` resolves once the last one is closed.
+pub async fn close_fails_waiters_and_drains<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(1));
+    let held = pool.get().await.expect("one connection");
+    let waiter = {
+        let pool = pool.clone();
+        rt.spawn(async move { pool.get_timeout(Duration::from_secs(10)).await.map(drop) })
+    };
+    rt.sleep(Duration::from_millis(30)).await;
+    pool.close();
+    assert!(matches!(
+        waiter.await.expect("task ran"),
+        Err(Error::Closed)
+    ));
+    assert!(matches!(pool.get().await, Err(Error::Closed)));
+    assert!(matches!(pool.try_get(), Err(Error::Closed)));
+    assert_eq!(
+        pool.manager().live(),
+        1,
+        "the held connection lives until returned"
+    );
+    drop(held);
+    let drained = pool.drained();
+    let limit = rt.sleep(Duration::from_secs(2));
+    futures::pin_mut!(drained, limit);
+    assert!(
+        matches!(select(drained, limit).await, Either::Left(_)),
+        "drained() resolved"
+    );
+    assert_eq!(pool.manager().live(), 0);
+    assert_eq!(pool.metrics().closed.pool_closed, 1);
+}
+
+/// A panic while holding a guard closes the connection (its state is unknown) and frees the
+/// slot.
+pub async fn panic_while_holding_a_guard_discards_the_connection<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(1));
+    let conn = pool.get().await.expect("one connection");
+    let result = std::panic::catch_unwind(AssertUnwindSafe(move || {
+        let _conn = conn;
+        panic!("the task panics while holding a connection");
+    }));
+    assert!(result.is_err());
+    assert_settled(&rt, &pool).await;
+    assert_eq!(pool.metrics().closed.discarded, 1);
+    assert_eq!(pool.status().in_use, 0);
+    let again = pool
+        .get_timeout(Duration::from_secs(2))
+        .await
+        .expect("the slot was freed");
+    assert_eq!(again.id, 2, "a new connection replaced the discarded one");
+}
+
+/// A lease held past the leak threshold is reported once, naming the lease and where it was
+/// acquired.
+pub async fn leak_is_reported_with_where_it_was_acquired<R: Runtime>() {
+    let rt = runtime::<R>();
+    let reports: Arc<Mutex<Vec<LeakReport>>> = Arc::default();
+    let sink = Arc::clone(&reports);
+    let pool = build(
+        builder(&rt)
+            .leak_detection(Some(Duration::from_millis(100)), true)
+            .on_leak(move |r| {
+                sink.lock()
+                    .expect("no panics under this lock")
+                    .push(r.clone())
+            }),
+    );
+    let conn = pool.get().await.expect("a connection");
+    rt.sleep(Duration::from_millis(400)).await;
+    let reports = reports.lock().expect("no panics under this lock").clone();
+    assert_eq!(reports.len(), 1, "reported once");
+    assert_eq!(reports[0].lease, conn.lease_id());
+    assert!(reports[0].held_for >= Duration::from_millis(100));
+    let bt = reports[0]
+        .acquired_at
+        .as_ref()
+        .expect("a backtrace was captured")
+        .to_string();
+    assert!(
+        bt.contains("leak_is_reported"),
+        "the backtrace shows the acquiring function:\n{bt}"
+    );
+    assert_eq!(pool.metrics().leaks_suspected, 1);
+}
+
+/// A lease held past `reclaim_after` stops counting: a waiter is served by a replacement,
+/// and the old connection is closed when it finally comes back.
+pub async fn abandoned_lease_is_reclaimed_and_closed_on_return<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(
+        builder(&rt)
+            .max_size(1)
+            .reclaim_after(Some(Duration::from_millis(150))),
+    );
+    let forgotten = pool.get().await.expect("a connection");
+    let start = Instant::now();
+    let replacement = pool
+        .get_timeout(Duration::from_secs(2))
+        .await
+        .expect("served after reclaim");
+    assert!(start.elapsed() >= Duration::from_millis(100));
+    assert_eq!(pool.status().abandoned, 1);
+    assert_ne!(replacement.id, forgotten.id);
+    drop(forgotten);
+    assert_eq!(pool.metrics().closed.reclaimed, 1);
+    drop(replacement);
+    assert_settled(&rt, &pool).await;
+    assert_eq!(pool.status().abandoned, 0);
+}
+
+/// The pool's maintenance task (and every other task it spawned) ends once the pool and
+/// its guards are dropped.
+pub async fn maintenance_task_ends_when_the_pool_is_dropped<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(2).min_idle(1));
+    drop(pool.get().await.expect("a connection"));
+    assert!(rt.live_tasks() >= 1, "the maintenance task runs");
+    drop(pool);
+    wait_until(&rt, || rt.live_tasks() == 0).await;
+    assert_eq!(rt.live_tasks(), 0, "no task of the pool outlives it");
+}
+
+/// try_get returns an idle connection or fails at once with the pool's status.
+pub async fn try_get_never_waits<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(1));
+    match pool.try_get() {
+        Err(Error::Exhausted(s)) => assert_eq!((s.idle, s.max_size), (0, 1)),
+        other => panic!("expected Exhausted, got {:?}", other.map(|c| c.id)),
+    }
+    drop(pool.get().await.expect("a connection"));
+    let conn = pool.try_get().expect("the idle connection");
+    assert!(matches!(pool.try_get(), Err(Error::Exhausted(_))));
+    drop(conn);
+}
+
+/// A connection found broken on checkin is closed, not pooled.
+pub async fn broken_connection_is_closed_not_pooled<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(1));
+    let mut conn = pool.get().await.expect("a connection");
+    conn.broken = true;
+    drop(conn);
+    assert_settled(&rt, &pool).await;
+    assert_eq!(pool.metrics().closed.broken, 1);
+    assert_eq!(pool.status().idle, 0);
+}
+
+/// A connection that needs a reset is reset before the next borrower sees it.
+pub async fn reset_runs_before_reuse<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(1));
+    pool.manager()
+        .set_reset(Step::Slow(Duration::from_millis(30)));
+    let mut conn = pool.get().await.expect("a connection");
+    conn.dirty = true;
+    let id = conn.id;
+    drop(conn);
+    let conn = pool
+        .get_timeout(Duration::from_secs(2))
+        .await
+        .expect("the reset connection");
+    assert_eq!(conn.id, id, "the same connection, reused");
+    assert!(!conn.dirty, "reset before reuse");
+    assert_eq!(
+        pool.manager()
+            .stats
+            .resets
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
+
+/// A failed checkout check closes the connection and the acquire tries again.
+pub async fn failed_check_discards_and_retries<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(
+        builder(&rt)
+            .max_size(1)
+            .check_on_checkout(true, Duration::ZERO),
+    );
+    drop(pool.get().await.expect("a connection"));
+    pool.manager().set_check(Step::Err);
+    let acquire = {
+        let pool = pool.clone();
+        rt.spawn(async move { pool.get_timeout(Duration::from_secs(3)).await.map(|c| c.id) })
+    };
+    rt.sleep(Duration::from_millis(50)).await;
+    pool.manager().set_check(Step::Ok);
+    let id = acquire
+        .await
+        .expect("task ran")
+        .expect("served once checks pass");
+    assert!(id >= 2, "the connection that failed its check was replaced");
+    assert!(pool.metrics().checks_failed >= 1);
+    assert_settled(&rt, &pool).await;
+}
+
+/// Growing the pool at run time serves a waiter at once.
+pub async fn growing_the_pool_serves_a_waiter<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(1));
+    let held = pool.get().await.expect("a connection");
+    let waiter = {
+        let pool = pool.clone();
+        rt.spawn(async move { pool.get_timeout(Duration::from_secs(3)).await.map(|c| c.id) })
+    };
+    rt.sleep(Duration::from_millis(30)).await;
+    assert_eq!(pool.status().waiting, 1);
+    pool.set_max_size(2).expect("a valid size");
+    assert_eq!(
+        waiter.await.expect("task ran").expect("served by growth"),
+        2
+    );
+    assert!(pool.set_max_size(0).is_err());
+    drop(held);
+}
+
+/// Failing connects back off (no busy spin) and the time-out reports the last error.
+pub async fn connect_failures_back_off_and_report_the_last_error<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(2));
+    pool.manager().set_connect(Step::Err);
+    let err = pool
+        .get_timeout(Duration::from_millis(300))
+        .await
+        .expect_err("the server is down");
+    let message = err.to_string();
+    assert!(
+        message.contains("last connect error: connection refused"),
+        "{message}"
+    );
+    let attempts = pool
+        .manager()
+        .stats
+        .connects
+        .load(std::sync::atomic::Ordering::SeqCst);
+    // Back-off 10 ms doubling to 50 ms over 300 ms: a handful of attempts, not thousands.
+    assert!(
+        (2..=20).contains(&attempts),
+        "{attempts} connect attempts in 300 ms"
+    );
+    pool.manager().set_connect(Step::Ok);
+    pool.get_timeout(Duration::from_secs(2))
+        .await
+        .expect("recovers once the server is back");
+    assert!(pool.metrics().connects_failed >= 2);
+}
+
+/// Invalid settings are errors at build time that name the setting, never panics.
+pub async fn build_rejects_bad_configuration<R: Runtime>() {
+    let rt = runtime::<R>();
+    let field = |b: Builder<Fake<Counted<R>>, Counted<R>>| match b.build() {
+        Err(BuildError::Config(e)) => e.field(),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("an invalid configuration was accepted"),
+    };
+    assert_eq!(field(builder(&rt).max_size(0)), "max_size");
+    assert_eq!(field(builder(&rt).max_size(2).min_idle(3)), "min_idle");
+    assert_eq!(
+        field(builder(&rt).connect_timeout(Duration::ZERO)),
+        "connect_timeout"
+    );
+    assert_eq!(
+        field(builder(&rt).idle_timeout(Some(Duration::ZERO))),
+        "idle_timeout"
+    );
+    let e = builder(&rt)
+        .max_size(0)
+        .build()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("max_size"), "{e}");
+}

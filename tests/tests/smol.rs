@@ -1,0 +1,3 @@
+//! The conformance suite on smol.
+
+pool_tests::conformance!(pool_smol::Smol, smol::block_on);
