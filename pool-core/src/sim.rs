@@ -29,8 +29,8 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::machine::{
-    AcquireError, Acquired, Action, CloseReason, Config, Lease, LeaseId, Machine, Release, SlotId,
-    WaiterId,
+    AcquireError, Acquired, Action, CloseReason, Config, ConfigError, Lease, LeaseId, Machine,
+    Release, SlotId, WaiterId,
 };
 
 /// A fake connection: just a number, unique within a simulation.
@@ -89,10 +89,16 @@ pub struct Sim {
     failing: bool,
     next_conn: u64,
     opens: usize,
+    /// Virtual time (since the start) of every `Open` action, in order.
+    opened_at: Vec<Duration>,
     closes: Vec<(SimConn, CloseReason)>,
+    /// Virtual time (since the start) of every `Close` action, parallel to `closes`.
+    closed_at: Vec<Duration>,
     leaks: Vec<LeaseId>,
     reclaims: Vec<LeaseId>,
-    drained: bool,
+    drained: usize,
+    peak_opening: usize,
+    peak_size: usize,
     log: Vec<String>,
 }
 
@@ -119,10 +125,14 @@ impl Sim {
             failing: false,
             next_conn: 1,
             opens: 0,
+            opened_at: Vec::new(),
             closes: Vec::new(),
+            closed_at: Vec::new(),
             leaks: Vec::new(),
             reclaims: Vec::new(),
-            drained: false,
+            drained: 0,
+            peak_opening: 0,
+            peak_size: 0,
             log: Vec::new(),
         };
         sim.drive();
@@ -179,6 +189,27 @@ impl Sim {
         self.drive();
     }
 
+    /// Task `task` takes an idle connection if there is one, without waiting
+    /// ([`Machine::try_acquire`]); otherwise its attempt fails.
+    pub fn try_acquire(&mut self, task: usize) {
+        let state = match self.machine.try_acquire(self.now) {
+            Ok((lease, conn)) => {
+                self.say(format!("task {task} takes idle {conn:?}"));
+                TaskState::Holding {
+                    lease,
+                    conn,
+                    since: self.now,
+                }
+            }
+            Err(e) => {
+                self.say(format!("task {task} fails: {e}"));
+                TaskState::Failed(e)
+            }
+        };
+        self.tasks.insert(task, state);
+        self.drive();
+    }
+
     /// Task `task` gives its connection back for reuse.
     pub fn release(&mut self, task: usize) {
         self.release_as(task, Release::Reuse);
@@ -209,6 +240,26 @@ impl Sim {
             self.machine.cancel(waiter, self.now);
             self.drive();
         }
+    }
+
+    // ----- what the pool's owner does -------------------------------------------------------
+
+    /// Closes the pool ([`Machine::close`]) and drives the resulting actions.
+    pub fn close(&mut self) {
+        self.say("close the pool".into());
+        self.machine.close();
+        self.drive();
+    }
+
+    /// Resizes the pool ([`Machine::set_max_size`]) and drives the resulting actions.
+    ///
+    /// # Errors
+    /// The machine's [`ConfigError`], in which case nothing changed.
+    pub fn set_max_size(&mut self, max_size: usize) -> Result<(), ConfigError> {
+        self.say(format!("resize to {max_size}"));
+        let result = self.machine.set_max_size(max_size, self.now);
+        self.drive();
+        result
     }
 
     // ----- time ----------------------------------------------------------------------------
@@ -275,9 +326,47 @@ impl Sim {
         self.opens
     }
 
+    /// The virtual time (since the start) at which each connect was asked for, in order.
+    pub fn opened_at(&self) -> &[Duration] {
+        &self.opened_at
+    }
+
     /// Every connection closed so far, with its reason.
     pub fn closes(&self) -> &[(SimConn, CloseReason)] {
         &self.closes
+    }
+
+    /// The virtual time (since the start) at which each close in [`closes`](Self::closes)
+    /// was asked for, index for index.
+    pub fn closed_at(&self) -> &[Duration] {
+        &self.closed_at
+    }
+
+    /// The lease of task `task`, if it holds a connection.
+    pub fn lease_of(&self, task: usize) -> Option<LeaseId> {
+        match self.tasks.get(&task) {
+            Some(TaskState::Holding { lease, .. }) => Some(lease.id()),
+            _ => None,
+        }
+    }
+
+    /// The connection task `task` holds, if any.
+    pub fn conn_of(&self, task: usize) -> Option<SimConn> {
+        match self.tasks.get(&task) {
+            Some(TaskState::Holding { conn, .. }) => Some(*conn),
+            _ => None,
+        }
+    }
+
+    /// The most connects ever in flight at once, as seen after each input was driven.
+    pub fn peak_opening(&self) -> usize {
+        self.peak_opening
+    }
+
+    /// The largest [`Status::size`](crate::machine::Status::size) ever seen after an input
+    /// was driven (everything counted against `max_size`).
+    pub fn peak_size(&self) -> usize {
+        self.peak_size
     }
 
     /// Leases reported as suspected leaks.
@@ -292,6 +381,11 @@ impl Sim {
 
     /// Whether the machine reported it had drained after close.
     pub fn drained(&self) -> bool {
+        self.drained > 0
+    }
+
+    /// How many times the machine reported [`Action::Drained`] (it must be at most once).
+    pub fn drained_reports(&self) -> usize {
         self.drained
     }
 
@@ -342,6 +436,7 @@ impl Sim {
             match action {
                 Action::Open { slot } => {
                     self.opens += 1;
+                    self.opened_at.push(self.elapsed());
                     let fail = self.fail_connects.pop_front().unwrap_or(false) || self.failing;
                     self.say(format!("open #{} for slot {}", self.opens, slot.index()));
                     self.schedule(
@@ -352,6 +447,7 @@ impl Sim {
                 Action::Close { slot, conn, reason } => {
                     self.say(format!("close {conn:?} ({reason})"));
                     self.closes.push((conn, reason));
+                    self.closed_at.push(self.elapsed());
                     if self.close_latency.is_zero() {
                         self.machine.handle_closed(slot, self.now);
                     } else {
@@ -375,10 +471,13 @@ impl Sim {
                 }
                 Action::Drained => {
                     self.say("drained".into());
-                    self.drained = true;
+                    self.drained += 1;
                 }
             }
         }
+        let status = self.machine.status();
+        self.peak_opening = self.peak_opening.max(status.opening);
+        self.peak_size = self.peak_size.max(status.size);
     }
 
     fn wake(&mut self, waiter: WaiterId) {

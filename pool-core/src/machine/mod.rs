@@ -226,6 +226,12 @@ impl<C, E> Machine<C, E> {
         self.idle.len() + self.in_use + self.opening + self.closing
     }
 
+    /// The connections not on their way out: `size` less those closing. A pool over its
+    /// `max_size` (after a shrink) closes only the live surplus.
+    fn live(&self) -> usize {
+        self.idle.len() + self.in_use + self.opening
+    }
+
     // ----- inputs: tasks -------------------------------------------------------------------
 
     /// A task asks for a connection, waiting at most until `deadline`.
@@ -268,7 +274,9 @@ impl<C, E> Machine<C, E> {
         Ok(Acquired::Waiting(waiter))
     }
 
-    /// Leases an idle connection if there is one; never waits and never opens one.
+    /// Leases an idle connection if there is one; never waits and never opens one for the
+    /// caller. Like [`acquire`](Self::acquire), taking an idle connection may ask for a
+    /// replacement ([`Action::Open`]) to keep `min_idle`.
     ///
     /// # Errors
     /// [`AcquireError::Closed`] after [`close`](Self::close); [`AcquireError::Exhausted`] with
@@ -277,8 +285,11 @@ impl<C, E> Machine<C, E> {
         if self.closed {
             return Err(AcquireError::Closed);
         }
-        self.lease_idle(now)
-            .ok_or_else(|| AcquireError::Exhausted(self.status()))
+        let leased = self.lease_idle(now);
+        if leased.is_some() && self.config.min_idle > 0 {
+            self.replenish(Some(now));
+        }
+        leased.ok_or_else(|| AcquireError::Exhausted(self.status()))
     }
 
     /// Collects a waiter's outcome: `Ok(None)` while it still waits; otherwise the waiter is
@@ -364,7 +375,9 @@ impl<C, E> Machine<C, E> {
     ///
     /// # Errors
     /// [`Rejected`], carrying the connection back, if the lease is not one this machine has
-    /// outstanding (it belongs to another machine).
+    /// outstanding. A lease can only be handed back once (it is moved), so this means it
+    /// came from another machine; ids are unique per machine only, so a lease from a second
+    /// machine is not reliably detected: never mix machines' leases.
     pub fn release(
         &mut self,
         lease: Lease,
@@ -556,7 +569,9 @@ impl<C, E> Machine<C, E> {
         config.max_size = max_size;
         config.validate()?;
         self.config = config;
-        while self.size() > self.config.max_size {
+        // A retired connection still counts in `size` until `handle_closed`: count the
+        // surplus once, among live connections, or every idle one would be closed.
+        for _ in 0..self.live().saturating_sub(self.config.max_size) {
             let Some(index) = self.idle.pop_front() else {
                 break;
             };
@@ -695,7 +710,7 @@ impl<C, E> Machine<C, E> {
             Some(CloseReason::PoolClosed)
         } else if self.slots[index as usize].expires.is_some_and(|t| t <= now) {
             Some(CloseReason::MaxLifetime)
-        } else if self.size() > self.config.max_size {
+        } else if self.live() > self.config.max_size {
             Some(CloseReason::Surplus)
         } else {
             None
@@ -710,9 +725,30 @@ impl<C, E> Machine<C, E> {
         } else {
             self.set_state(index, SlotState::Idle { conn, since: now });
             self.idle.push_back(index);
-            if let Some(t) = self.config.idle_timeout.and_then(|d| now.checked_add(d)) {
-                if self.idle.len() > self.config.min_idle {
-                    self.note_deadline(t);
+            // Its lifetime was noted at connect, but a `handle_timeout` since then (while it
+            // was leased) recomputed the deadline without it: note it again now it is idle.
+            if let Some(expires) = self.slots[index as usize].expires {
+                self.note_deadline(expires);
+            }
+            if let Some(timeout) = self.config.idle_timeout {
+                let len = self.idle.len();
+                if len > self.config.min_idle {
+                    // Reaping starts with the oldest idle connection (the front), whose
+                    // deadline is the earliest; it may have been kept for `min_idle` until
+                    // now, with no deadline noted, so note its deadline, not this one's.
+                    let oldest = match self.idle.front() {
+                        Some(&i) if len > 1 => match self.slots.get(i as usize) {
+                            Some(Slot {
+                                state: SlotState::Idle { since, .. },
+                                ..
+                            }) => (*since).min(now),
+                            _ => now,
+                        },
+                        _ => now,
+                    };
+                    if let Some(t) = oldest.checked_add(timeout) {
+                        self.note_deadline(t);
+                    }
                 }
             }
         }
@@ -855,6 +891,8 @@ impl<C, E> Machine<C, E> {
     }
 
     fn expire_waiters(&mut self, now: Instant) {
+        // Every waiter timing out now reports the pool as it was at this instant.
+        let status = self.status();
         let mut cursor = self.queue.head;
         while let Some(index) = cursor {
             let waiter = &self.waiters[index as usize];
@@ -864,7 +902,6 @@ impl<C, E> Machine<C, E> {
             };
             if waiter.deadline.is_some_and(|d| d <= now) {
                 let waited = now.saturating_duration_since(waiter.enqueued);
-                let status = self.status();
                 self.unlink(index);
                 self.resolve(index, WaiterState::TimedOut { waited, status });
             }
