@@ -32,7 +32,10 @@ async fn cycles(threshold: Option<Duration>, backtraces: bool, n: u32) -> Durati
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let threshold = Some(Duration::from_secs(60));
         for round in 1..=3 {

@@ -35,6 +35,9 @@ macro_rules! conformance {
             growing_the_pool_serves_a_waiter,
             connect_failures_back_off_and_report_the_last_error,
             build_rejects_bad_configuration,
+            interact_runs_blocking_work_and_returns_the_connection,
+            detach_frees_the_slot,
+            discard_closes_the_connection,
         );
     };
     (@tests $rt:ty, $block_on:path; $($name:ident),+ $(,)?) => {

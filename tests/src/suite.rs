@@ -552,3 +552,75 @@ pub async fn build_rejects_bad_configuration<R: Runtime>() {
         .unwrap_or_default();
     assert!(e.contains("max_size"), "{e}");
 }
+
+/// `interact` runs blocking work off the executor and returns the connection afterwards,
+/// even when the caller stops waiting.
+pub async fn interact_runs_blocking_work_and_returns_the_connection<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(1));
+    let id = pool
+        .interact(|conn| {
+            std::thread::sleep(Duration::from_millis(20));
+            conn.id
+        })
+        .await
+        .expect("a connection");
+    assert_eq!(id, 1);
+    assert_eq!(pool.status().idle, 1, "returned after the blocking call");
+    {
+        let slow = pool.interact(|conn| {
+            std::thread::sleep(Duration::from_millis(150));
+            conn.dirty = true;
+        });
+        let timer = rt.sleep(Duration::from_millis(20));
+        futures::pin_mut!(slow, timer);
+        assert!(
+            matches!(select(slow, timer).await, Either::Right(_)),
+            "the caller gave up first"
+        );
+    }
+    assert_eq!(
+        pool.status().in_use,
+        1,
+        "the blocking call still holds the connection"
+    );
+    wait_until(&rt, || pool.status().in_use == 0).await;
+    let conn = pool
+        .get_timeout(Duration::from_secs(2))
+        .await
+        .expect("returned after all");
+    assert!(conn.dirty, "the abandoned call ran to its end");
+    assert_eq!(conn.id, 1, "and the connection was pooled, not lost");
+}
+
+/// `detach` takes a connection out of the pool for good and frees its slot.
+pub async fn detach_frees_the_slot<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(1));
+    let kept = pool.get().await.expect("a connection").detach();
+    assert_eq!(kept.id, 1);
+    assert_eq!(pool.status().size, 0, "the slot was freed");
+    let next = pool
+        .get_timeout(Duration::from_secs(2))
+        .await
+        .expect("a new connection");
+    assert_eq!(next.id, 2);
+    assert_eq!(
+        pool.manager().live(),
+        2,
+        "the detached one lives on outside the pool"
+    );
+    drop(kept);
+    drop(next);
+    assert_settled(&rt, &pool).await;
+}
+
+/// `discard` closes the connection instead of pooling it.
+pub async fn discard_closes_the_connection<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(1));
+    pool.get().await.expect("a connection").discard();
+    assert_settled(&rt, &pool).await;
+    assert_eq!(pool.metrics().closed.discarded, 1);
+    assert_eq!(pool.status().size, 0);
+}

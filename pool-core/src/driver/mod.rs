@@ -114,6 +114,29 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
         Ok(f(&mut conn).await)
     }
 
+    /// Runs blocking `f` with a connection on the runtime's blocking pool, so a blocking
+    /// driver never stalls the async executor, and gives the connection back when `f` ends.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get); `f`'s own result is returned inside `Ok`.
+    ///
+    /// # Panics
+    /// If `f` panics, the panic is resumed in the caller (and the connection is closed, since
+    /// its state is unknown).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the connection moves to the blocking thread with `f`; if the caller stops
+    /// waiting, `f` still runs to its end there and the connection is returned afterwards.
+    pub async fn interact<F, T>(&self, f: F) -> Result<T, Error<M::Error>>
+    where
+        F: FnOnce(&mut M::Connection) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let mut conn = self.get().await?;
+        let blocking = self.shared.runtime.spawn_blocking(move || f(&mut conn));
+        Ok(blocking.await)
+    }
+
     /// The pool's counts right now.
     pub fn status(&self) -> Status {
         self.shared.lock().machine.status()
