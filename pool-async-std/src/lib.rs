@@ -37,14 +37,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Instant;
 
-pub use pool_core::{BuildError, Error, LeakReport, Manager, Metrics, Status};
-
-/// A pool running on async-std.
-pub type Pool<M> = pool_core::Pool<M, AsyncStd>;
-/// The builder of a [`Pool`].
-pub type Builder<M> = pool_core::Builder<M, AsyncStd>;
-/// A connection lent by a [`Pool`].
-pub type PooledConnection<M> = pool_core::PooledConnection<M, AsyncStd>;
+pool_core::adapter_types!(AsyncStd, "async-std");
 
 /// [`pool_core::Runtime`] for async-std's global executor, timers and blocking pool.
 #[derive(Debug, Clone, Copy, Default)]

@@ -17,3 +17,26 @@ pub use machine::Status;
 pub mod driver;
 pub mod machine;
 pub mod sim;
+
+/// Declares, in a runtime adapter crate, the pool types bound to its runtime (`Pool<M>`,
+/// `Builder<M>`, `PooledConnection<M>`) and re-exports what its users need, so every
+/// adapter offers the same surface.
+///
+/// ```ignore
+/// pool_core::adapter_types!(MyRuntime, "my runtime");
+/// ```
+#[macro_export]
+macro_rules! adapter_types {
+    ($runtime:ty, $name:literal) => {
+        pub use $crate::{BuildError, ConnectError, Error, LeakReport, Manager, Metrics, Status};
+
+        #[doc = concat!("A pool running on ", $name, ".")]
+        pub type Pool<M> = $crate::Pool<M, $runtime>;
+        /// The builder of a [`Pool`].
+        pub type Builder<M> = $crate::Builder<M, $runtime>;
+        /// A connection lent by a [`Pool`].
+        pub type PooledConnection<M> = $crate::PooledConnection<M, $runtime>;
+        /// The future of [`Pool::get`].
+        pub type Acquire<'a, M> = $crate::Acquire<'a, M, $runtime>;
+    };
+}

@@ -433,6 +433,12 @@ impl Harness {
         }
     }
 
+    /// A slot ever issued that passes `keep`, chosen by `sel`.
+    fn pick_slot(&self, sel: usize, keep: impl Fn(&SlotId) -> bool) -> Option<SlotId> {
+        let slots: Vec<SlotId> = self.all_slots.iter().copied().filter(|s| keep(s)).collect();
+        Self::pick(&slots, sel)
+    }
+
     fn bogus_conn(&mut self) -> Conn {
         self.next_bogus += 1;
         self.next_bogus
@@ -768,13 +774,7 @@ impl Harness {
                 self.backoff_over = false;
             }
             Op::StaleConnected { sel } => {
-                let stale: Vec<SlotId> = self
-                    .all_slots
-                    .iter()
-                    .copied()
-                    .filter(|s| !self.pending_opens.contains(s))
-                    .collect();
-                let Some(slot) = Self::pick(&stale, sel) else {
+                let Some(slot) = self.pick_slot(sel, |s| !self.pending_opens.contains(s)) else {
                     return Ok(());
                 };
                 let bogus = self.bogus_conn();
@@ -785,13 +785,7 @@ impl Harness {
                 ctx.expect_noop = true;
             }
             Op::StaleConnectFailed { sel } => {
-                let stale: Vec<SlotId> = self
-                    .all_slots
-                    .iter()
-                    .copied()
-                    .filter(|s| !self.pending_opens.contains(s))
-                    .collect();
-                let Some(slot) = Self::pick(&stale, sel) else {
+                let Some(slot) = self.pick_slot(sel, |s| !self.pending_opens.contains(s)) else {
                     return Ok(());
                 };
                 ensure!(
@@ -814,13 +808,9 @@ impl Harness {
                 self.conn_mut(close.conn)?.loc = Loc::Closed;
             }
             Op::StaleClosed { sel } => {
-                let stale: Vec<SlotId> = self
-                    .all_slots
-                    .iter()
-                    .copied()
-                    .filter(|s| !self.pending_closes.iter().any(|p| p.slot == *s))
-                    .collect();
-                let Some(slot) = Self::pick(&stale, sel) else {
+                let Some(slot) =
+                    self.pick_slot(sel, |s| !self.pending_closes.iter().any(|p| p.slot == *s))
+                else {
                     return Ok(());
                 };
                 ensure!(

@@ -36,14 +36,7 @@
 use std::future::Future;
 use std::time::Instant;
 
-pub use pool_core::{BuildError, Error, LeakReport, Manager, Metrics, Status};
-
-/// A pool running on smol.
-pub type Pool<M> = pool_core::Pool<M, Smol>;
-/// The builder of a [`Pool`].
-pub type Builder<M> = pool_core::Builder<M, Smol>;
-/// A connection lent by a [`Pool`].
-pub type PooledConnection<M> = pool_core::PooledConnection<M, Smol>;
+pool_core::adapter_types!(Smol, "smol");
 
 /// [`pool_core::Runtime`] for smol: its global executor, `async-io` timers and the
 /// `blocking` thread pool.

@@ -38,14 +38,7 @@ use std::future::Future;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-pub use pool_core::{BuildError, Error, LeakReport, Manager, Metrics, Status};
-
-/// A pool running on tokio.
-pub type Pool<M> = pool_core::Pool<M, Tokio>;
-/// The builder of a [`Pool`].
-pub type Builder<M> = pool_core::Builder<M, Tokio>;
-/// A connection lent by a [`Pool`].
-pub type PooledConnection<M> = pool_core::PooledConnection<M, Tokio>;
+pool_core::adapter_types!(Tokio, "tokio");
 
 /// [`pool_core::Runtime`] for tokio: spawns on the runtime the pool was built in, uses its
 /// timers (so `tokio::time::pause` applies) and its blocking pool.
