@@ -4,6 +4,7 @@ use std::backtrace::Backtrace;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -67,9 +68,12 @@ impl<'a, M: Manager, R: Runtime> Acquire<'a, M, R> {
             drop(old);
         }
         let settings = &shared.settings;
-        let fresh = now.saturating_duration_since(conn.last_used) < settings.check_bypass;
+        // `now` is only a clock reading when the bypass window needs one (see `Clock`); with a
+        // zero window the comparison is false whatever `now` is, so the check runs.
+        let skip = !settings.check_on_checkout
+            || now.saturating_duration_since(conn.last_used) < settings.check_bypass;
         let guard = PooledConnection::new(Arc::clone(shared), lease, conn);
-        if !settings.check_on_checkout || fresh {
+        if skip {
             return Some(guard);
         }
         self.stage = Stage::Checking(Box::pin(check(Arc::clone(shared), guard)));
@@ -113,6 +117,44 @@ impl<M: Manager, R: Runtime> Future for Acquire<'_, M, R> {
                 Stage::Start => {
                     // Yield for the cooperative budget before taking a connection, never after.
                     ready!(shared.runtime.poll_budget(cx));
+                    // The hot path: lease an idle connection, reading the clock only if a
+                    // configured feature needs the time (see `Clock`). If none is idle, the
+                    // full acquire below reads the clock, since waiting needs it; when the
+                    // last transition left none idle, go there directly.
+                    if !shared.clock.on_acquire && shared.idle_hint.load(Ordering::Relaxed) {
+                        let epoch = shared.clock.epoch;
+                        let fast = shared.transition(|state| {
+                            let outcome = state.machine.try_acquire(epoch);
+                            match outcome {
+                                Ok(leased) => {
+                                    state.metrics.acquired += 1;
+                                    Some(Ok(leased))
+                                }
+                                Err(AcquireError::Exhausted(_)) => None,
+                                Err(e) => Some(Err(e)),
+                            }
+                        });
+                        match fast {
+                            Some(Ok((lease, conn))) => {
+                                if let Some(guard) = this.got(lease, conn, epoch) {
+                                    this.stage = Stage::Done;
+                                    return Poll::Ready(Ok(guard));
+                                }
+                                // A checkout check started: the deadline runs from now, as it
+                                // would have from the clock read of the full acquire.
+                                if this.deadline.is_none() {
+                                    let now = shared.runtime.now();
+                                    this.deadline = this.timeout.and_then(|t| now.checked_add(t));
+                                }
+                                continue;
+                            }
+                            Some(Err(e)) => {
+                                this.stage = Stage::Done;
+                                return Poll::Ready(Err(convert(e)));
+                            }
+                            None => {}
+                        }
+                    }
                     let now = shared.runtime.now();
                     if this.deadline.is_none() {
                         this.deadline = this.timeout.and_then(|t| now.checked_add(t));

@@ -127,7 +127,7 @@ pub(crate) fn release<M: Manager, R: Runtime>(
     mut conn: ConnOf<M>,
     how: Release,
 ) {
-    let now = shared.runtime.now();
+    let now = shared.now_if(shared.clock.on_release);
     conn.last_used = now;
     let leftovers = shared.transition(|state| {
         let bt = if shared.settings.leak_backtraces {

@@ -82,7 +82,7 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
     /// [`Error::Exhausted`] with the pool's status if no connection is idle;
     /// [`Error::Closed`] after [`close`](Self::close).
     pub fn try_get(&self) -> Result<PooledConnection<M, R>, Error<M::Error>> {
-        let now = self.shared.runtime.now();
+        let now = self.shared.now_if(self.shared.clock.on_acquire);
         let outcome = self.shared.transition(|state| {
             let outcome = state.machine.try_acquire(now);
             if outcome.is_ok() {

@@ -3,6 +3,7 @@
 
 use std::backtrace::Backtrace;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use super::error::ConnectError;
 use super::runtime::{Manager, Runtime};
 use super::util::{race, timeout};
 use super::Metrics;
-use crate::machine::{Action, CloseReason, LeaseId, Machine, SlotId, WaiterId};
+use crate::machine::{Action, CloseReason, Config, LeaseId, Machine, SlotId, WaiterId};
 
 /// A pooled connection as the machine holds it.
 pub(crate) struct Conn<C> {
@@ -65,6 +66,46 @@ pub(crate) struct Settings {
     pub(crate) reset_timeout: Duration,
     pub(crate) leak_backtraces: bool,
     pub(crate) on_leak: Option<LeakHook>,
+}
+
+/// Which hot-path steps must read the clock, decided once from the configuration.
+///
+/// The machine takes `now` on every input, but on the hot path (an idle connection is
+/// leased; a connection goes back) it only looks at it for features that are configured:
+///
+/// | step | reads `now` for | so the clock is read when |
+/// |---|---|---|
+/// | lease an idle connection | its lifetime (`max_lifetime`), the lease's start (leak detection, reclaim), the back-off of a `min_idle` replacement; the driver: the check bypass window | `max_lifetime`, `leak_detection`, `reclaim_after`, `min_idle > 0`, or a checkout check with a non-zero bypass window |
+/// | give a connection back | its lifetime, when it became idle (`idle_timeout`); the driver: when it was last used (bypass window) | `max_lifetime`, `idle_timeout`, or a checkout check with a non-zero bypass window |
+///
+/// Everywhere else (waiting, time-outs, cancellation, connects, closes, maintenance) the
+/// clock is always read. Where a step needs no time, the driver passes [`Clock::epoch`]
+/// (the instant the pool was built) instead: no configured feature looks at the value, so
+/// every timing behaviour is exactly what it is with a clock read, and the machine stays
+/// pure (it never reads a clock itself).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    /// Leasing an idle connection needs the time.
+    pub(crate) on_acquire: bool,
+    /// Giving a connection back needs the time.
+    pub(crate) on_release: bool,
+    /// The instant passed where no configured feature reads it.
+    pub(crate) epoch: Instant,
+}
+
+impl Clock {
+    pub(crate) fn new(config: &Config, settings: &Settings, epoch: Instant) -> Self {
+        let bypass = settings.check_on_checkout && !settings.check_bypass.is_zero();
+        Self {
+            on_acquire: config.max_lifetime.is_some()
+                || config.leak_threshold.is_some()
+                || config.reclaim_after.is_some()
+                || config.min_idle > 0
+                || bypass,
+            on_release: config.max_lifetime.is_some() || config.idle_timeout.is_some() || bypass,
+            epoch,
+        }
+    }
 }
 
 /// Everything behind the lock: the machine and what must change with it atomically.
@@ -124,10 +165,23 @@ impl<M: Manager> State<M> {
         std::mem::replace(&mut self.backtraces[i], bt)
     }
 
-    /// Drains the machine's actions into `out`, doing under the lock only what must be
-    /// (taking wakers, counting), and noting whether the maintenance timer must move.
-    fn collect(&mut self, out: &mut Deferred<M::Connection>) {
-        while let Some(action) = self.machine.poll_action() {
+    /// Whether the machine's next deadline moved earlier than the one the maintenance task
+    /// sleeps until (and notes it as armed).
+    fn rearm(&mut self) -> bool {
+        let next = self.machine.poll_timeout();
+        if next.is_some() && (self.armed.is_none() || next < self.armed) {
+            self.armed = next;
+            return true;
+        }
+        false
+    }
+
+    /// Drains the machine's actions (`first`, already polled, then the rest) into `out`,
+    /// doing under the lock only what must be (taking wakers, counting), and noting whether
+    /// the maintenance timer must move.
+    fn collect(&mut self, first: Action<ConnOf<M>>, out: &mut Deferred<M::Connection>) {
+        let mut next = Some(first);
+        while let Some(action) = next.take().or_else(|| self.machine.poll_action()) {
             match action {
                 Action::Open { slot } => out.opens.push(slot),
                 Action::Close { slot, conn, reason } => {
@@ -158,11 +212,7 @@ impl<M: Manager> State<M> {
                 Action::Drained => out.drained = true,
             }
         }
-        let next = self.machine.poll_timeout();
-        if next.is_some() && (self.armed.is_none() || next < self.armed) {
-            self.armed = next;
-            out.move_timer = true;
-        }
+        out.move_timer = self.rearm();
     }
 }
 
@@ -199,6 +249,10 @@ pub(crate) struct Shared<M: Manager, R: Runtime> {
     pub(crate) manager: M,
     pub(crate) runtime: R,
     pub(crate) settings: Settings,
+    pub(crate) clock: Clock,
+    /// Whether a connection was idle when the lock was last released: a hint (read without
+    /// the lock) that lets an acquire skip the clock-free attempt when it would fail anyway.
+    pub(crate) idle_hint: AtomicBool,
     state: Mutex<State<M>>,
     /// Wakes the maintenance task when its deadline moves earlier (and when the pool goes).
     timer: Event,
@@ -208,10 +262,13 @@ pub(crate) struct Shared<M: Manager, R: Runtime> {
 
 impl<M: Manager, R: Runtime> Shared<M, R> {
     pub(crate) fn new(manager: M, runtime: R, settings: Settings, state: State<M>) -> Arc<Self> {
+        let clock = Clock::new(state.machine.config(), &settings, runtime.now());
         Arc::new(Self {
             manager,
             runtime,
             settings,
+            clock,
+            idle_hint: AtomicBool::new(false),
             state: Mutex::new(state),
             timer: Event::new(),
             drained: Event::new(),
@@ -234,16 +291,36 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
 
     /// One transition: lock, let `f` change the machine, drain its actions, unlock, then act
     /// on them (wake, spawn, close, report). `f` must not call user code or drop connections.
+    ///
+    /// The hot path (nothing to wake, open, close or report, no timer to move) unlocks and
+    /// returns without building the list of deferred work.
     pub(crate) fn transition<T>(self: &Arc<Self>, f: impl FnOnce(&mut State<M>) -> T) -> T {
-        let mut deferred = Deferred::new();
-        let out = {
-            let mut state = self.lock();
-            let out = f(&mut state);
-            state.collect(&mut deferred);
-            out
+        let mut state = self.lock();
+        let out = f(&mut state);
+        self.idle_hint
+            .store(state.machine.status().idle > 0, Ordering::Relaxed);
+        let Some(first) = state.machine.poll_action() else {
+            if state.rearm() {
+                drop(state);
+                self.timer.notify(1);
+            }
+            return out;
         };
+        let mut deferred = Deferred::new();
+        state.collect(first, &mut deferred);
+        drop(state);
         self.act(deferred);
         out
+    }
+
+    /// The instant to pass to a hot-path step: the clock if `needed`, else the epoch.
+    #[inline]
+    pub(crate) fn now_if(&self, needed: bool) -> Instant {
+        if needed {
+            self.runtime.now()
+        } else {
+            self.clock.epoch
+        }
     }
 
     fn act(self: &Arc<Self>, mut d: Deferred<M::Connection>) {
