@@ -6,8 +6,13 @@
 //! The pool runs on a [`Counted`] runtime (the adapter's, counting the pool's live tasks)
 //! with a [`Fake`] manager that can be told, per step (connect, check, reset), to succeed,
 //! fail, be slow, or never finish, and that counts the connections alive.
+//!
+//! The [`postgres`] module is the database suite: the same scenarios against a real
+//! PostgreSQL server through `pool-postgres`, compiled per runtime by [`postgres!`] (in
+//! `tests/postgres_tokio.rs`, `tests/postgres_async_std.rs`, `tests/postgres_smol.rs`).
 
 pub mod fake;
+pub mod postgres;
 pub mod suite;
 
 pub use fake::{Counted, Fake, FakeConn, Step};

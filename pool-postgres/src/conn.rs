@@ -1,0 +1,112 @@
+//! The pooled connection: a tokio-postgres [`Client`] plus what the pool needs to know about
+//! its state.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use tokio_postgres::Client;
+
+use crate::wire::Wire;
+
+/// Where a connection goes (also where its cancel requests go).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    #[cfg(unix)]
+    Unix(std::path::PathBuf),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Self::Tcp { host, port } => write!(f, "{host}:{port}"),
+            #[cfg(unix)]
+            Self::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// The transaction status the server reported with its last `ReadyForQuery`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransactionStatus {
+    /// Not in a transaction block.
+    Idle,
+    /// In a transaction block.
+    InTransaction,
+    /// In a failed transaction block (queries are rejected until it ends).
+    Failed,
+}
+
+/// A PostgreSQL connection as the pool lends it: derefs to the tokio-postgres [`Client`],
+/// so `conn.query(..)`, `conn.transaction()` and the rest work on the pool's guard directly.
+///
+/// It also follows the wire protocol (without a round trip) to tell whether the connection
+/// comes back with a query still running, a request still queued, or a transaction open;
+/// see [`PgManager`](crate::PgManager) for what happens then.
+pub struct PgConnection {
+    pub(crate) client: Client,
+    pub(crate) wire: Arc<Wire>,
+    pub(crate) target: Arc<Target>,
+    /// The wire's `sent` count when the session was last known to carry no borrower's state
+    /// (after the connect, a check or a reset): a different count means "used since".
+    pub(crate) clean_mark: u64,
+}
+
+impl PgConnection {
+    /// The tokio-postgres client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The tokio-postgres client, mutably (for [`Client::transaction`]).
+    pub fn client_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    /// The transaction status as of the last reply, or `None` while a reply is still due
+    /// (a request is queued or running).
+    pub fn transaction_status(&self) -> Option<TransactionStatus> {
+        if !self.wire.settled() || self.wire.in_flight() {
+            return None;
+        }
+        Some(match self.wire.status() {
+            b'T' => TransactionStatus::InTransaction,
+            b'E' => TransactionStatus::Failed,
+            _ => TransactionStatus::Idle,
+        })
+    }
+
+    /// Whether the connection to the server is closed (every query will fail).
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed() || self.wire.is_closed()
+    }
+}
+
+impl Deref for PgConnection {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl DerefMut for PgConnection {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+impl fmt::Debug for PgConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgConnection")
+            .field("target", &format_args!("{}", self.target))
+            .field("transaction_status", &self.transaction_status())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}

@@ -1,0 +1,472 @@
+//! The [`Manager`] for PostgreSQL.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::{join, select, Either};
+use pool_core::Manager;
+use tokio::io::AsyncReadExt;
+use tokio_postgres::config::Host;
+use tokio_postgres::{Config, NoTls};
+
+use crate::conn::{PgConnection, Target};
+use crate::error::PgError;
+use crate::runtime::{PgRuntime, Stream};
+use crate::wire::{Driven, Tracked, Wire};
+
+/// What [`Reset::Clean`] runs: everything `DISCARD ALL` does except dropping prepared
+/// statements, which tokio-postgres's cached [`Statement`](tokio_postgres::Statement)s (and
+/// its type-lookup statements) rely on.
+pub const CLEAN_SQL: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; \
+    UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
+
+/// How many cancel requests one reset sends at most (one per abandoned query still running).
+const MAX_CANCELS: u32 = 3;
+
+/// The checkout check, run on a connection idle longer than the pool's bypass window
+/// (see [`Builder::check_on_checkout`](pool_core::Builder::check_on_checkout); 500 ms by
+/// default, as HikariCP).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Check {
+    /// Only ask whether the connection is known to be closed (no IO). A connection the
+    /// server terminated is noticed, one behind a dead network path is not.
+    Closed,
+    /// A `Sync` message and its `ReadyForQuery` reply: the cheapest round trip the protocol
+    /// has (no parsing, no planning). The default.
+    #[default]
+    Ping,
+    /// Runs this SQL (as a simple query).
+    Sql(Cow<'static, str>),
+}
+
+/// What makes a returned connection fit for the next borrower.
+///
+/// Whatever the mode, a connection that comes back with a request still queued or a query
+/// still running (its future was dropped) has that query cancelled on the server (after a
+/// short grace, [`PgManager::cancel_after`]) and is rolled back, and one that comes back
+/// inside a transaction is rolled back. A connection that comes back idle, with nothing in
+/// flight, costs nothing in [`Reset::Rollback`] mode: the manager follows the wire protocol
+/// and knows without asking the server.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Reset {
+    /// Roll back an open or failed transaction; leave session state (settings made with
+    /// `SET` outside a transaction, temporary tables, prepared statements) alone. The
+    /// default: free for connections that come back idle.
+    #[default]
+    Rollback,
+    /// Also clear the session after every lease that sent anything: [`CLEAN_SQL`], one
+    /// extra round trip per such checkin, run in the background before the connection is
+    /// lent again.
+    Clean,
+    /// Also run this SQL (as a simple query) after every lease that sent anything, for
+    /// example `DISCARD ALL` (which also drops prepared statements: do not keep
+    /// tokio-postgres `Statement`s across leases then).
+    Sql(Cow<'static, str>),
+}
+
+/// What the manager did at checkins, counted since it was made.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PgStats {
+    /// Connections opened.
+    pub connects: u64,
+    /// Checkins that needed nothing (no task, no round trip).
+    pub clean_checkins: u64,
+    /// Resets that only waited for the connection to settle (a reply still due), with no
+    /// query of their own.
+    pub settled: u64,
+    /// Resets that rolled back a transaction.
+    pub rollbacks: u64,
+    /// Resets that ran the session reset of [`Reset::Clean`] or [`Reset::Sql`].
+    pub session_resets: u64,
+    /// Cancel requests sent for queries still running when their connection came back.
+    pub cancels: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    connects: AtomicU64,
+    clean_checkins: AtomicU64,
+    settled: AtomicU64,
+    rollbacks: AtomicU64,
+    session_resets: AtomicU64,
+    cancels: AtomicU64,
+}
+
+/// Opens, checks and resets tokio-postgres connections on runtime `R`.
+///
+/// - **connect**: opens the socket with the runtime ([`PgRuntime`]), runs the startup
+///   handshake, and spawns the connection's background task on the runtime; hosts are tried
+///   in order. The pool bounds it with its connect timeout (tokio-postgres's own
+///   `connect_timeout` setting is not used). TLS is not supported (`sslmode=require` fails).
+/// - **check** on checkout: [`Check`], [`Check::Ping`] by default; the pool skips it for
+///   connections used within its bypass window.
+/// - **has_broken** on checkin: whether the connection is closed (no IO).
+/// - **reset** before reuse: see [`Reset`]. It runs in a background task while the pool
+///   still counts the connection as in use; an error or the pool's reset timeout closes the
+///   connection instead.
+///
+/// Debug output shows the tokio-postgres `Config`, whose password is redacted; errors never
+/// carry the configuration.
+pub struct PgManager<R> {
+    config: Config,
+    targets: Vec<Arc<Target>>,
+    check: Check,
+    reset: Reset,
+    cancel_after: Duration,
+    runtime: Option<R>,
+    counters: Counters,
+}
+
+impl<R: PgRuntime> PgManager<R> {
+    /// A manager for `config` (hosts, ports, user, password, database, application name and
+    /// options are used), with [`Check::Ping`], [`Reset::Rollback`] and a 10 ms cancel grace.
+    pub fn new(config: Config) -> Self {
+        let targets = targets(&config).into_iter().map(Arc::new).collect();
+        Self {
+            config,
+            targets,
+            check: Check::default(),
+            reset: Reset::default(),
+            cancel_after: Duration::from_millis(10),
+            runtime: None,
+            counters: Counters::default(),
+        }
+    }
+
+    /// A manager for a connection string: a URL (`postgres://user@host:5432/db`) or
+    /// `key=value` pairs, as tokio-postgres parses them.
+    ///
+    /// # Errors
+    /// [`PgError::Postgres`] if the string does not parse (the message names the option,
+    /// never its value).
+    pub fn from_url(url: &str) -> Result<Self, PgError> {
+        Ok(Self::new(url.parse()?))
+    }
+
+    /// Sets the checkout check.
+    pub fn check_with(mut self, check: Check) -> Self {
+        self.check = check;
+        self
+    }
+
+    /// Sets what a reset does.
+    pub fn reset_with(mut self, reset: Reset) -> Self {
+        self.reset = reset;
+        self
+    }
+
+    /// How long a reset waits for a reply still due before it asks the server to cancel the
+    /// query (a dropped future's query that is still running). Short replies (a statement
+    /// close, a rollback already queued) arrive well within the default 10 ms.
+    pub fn cancel_after(mut self, grace: Duration) -> Self {
+        self.cancel_after = grace;
+        self
+    }
+
+    /// Runs connections on `runtime` instead of [`Runtime::current`](pool_core::Runtime::current)
+    /// at each connect.
+    pub fn runtime(mut self, runtime: R) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// What the manager has done so far.
+    pub fn stats(&self) -> PgStats {
+        let c = &self.counters;
+        PgStats {
+            connects: c.connects.load(Relaxed),
+            clean_checkins: c.clean_checkins.load(Relaxed),
+            settled: c.settled.load(Relaxed),
+            rollbacks: c.rollbacks.load(Relaxed),
+            session_resets: c.session_resets.load(Relaxed),
+            cancels: c.cancels.load(Relaxed),
+        }
+    }
+
+    fn rt(&self) -> Result<R, PgError> {
+        match &self.runtime {
+            Some(rt) => Ok(rt.clone()),
+            None => R::current().map_err(PgError::Runtime),
+        }
+    }
+
+    async fn connect_to(&self, rt: &R, target: &Arc<Target>) -> Result<PgConnection, PgError> {
+        let socket = open(rt, target).await?;
+        let wire = Wire::new();
+        let (client, connection) = self
+            .config
+            .connect_raw(Tracked::new(socket, Arc::clone(&wire)), NoTls)
+            .await?;
+        wire.activate();
+        let connection = Driven::new(connection, Arc::clone(&wire));
+        rt.spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "PostgreSQL connection ended with an error");
+            }
+        });
+        self.counters.connects.fetch_add(1, Relaxed);
+        Ok(PgConnection {
+            client,
+            wire,
+            target: Arc::clone(target),
+            clean_mark: 0,
+        })
+    }
+
+    /// Asks the server to cancel whatever `conn` is running, and waits until the server has
+    /// acted on it (it closes the cancel connection after signalling the backend), so the
+    /// cancel cannot hit a later query.
+    async fn cancel(&self, conn: &PgConnection) -> Result<(), PgError> {
+        let mut socket = open(&self.rt()?, &conn.target).await?;
+        conn.client
+            .cancel_token()
+            .cancel_query_raw(&mut socket, NoTls)
+            .await?;
+        let mut buf = [0_u8; 64];
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        self.counters.cancels.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    /// Waits up to the cancel grace for every reply due to arrive; `Ok(false)` if some is
+    /// still due then.
+    async fn quiet_within(&self, wire: &Wire) -> Result<bool, PgError> {
+        let quiet = |w: &Wire| w.settled() && !w.in_flight();
+        let rt = self.rt()?;
+        let finished = match rt.now().checked_add(self.cancel_after) {
+            Some(deadline) => {
+                let done = pin!(wire.wait_for(quiet));
+                match select(done, pin!(rt.sleep_until(deadline))).await {
+                    Either::Left((finished, _)) => finished,
+                    Either::Right(_) => quiet(wire),
+                }
+            }
+            None => wire.wait_for(quiet).await,
+        };
+        if wire.is_closed() {
+            return Err(PgError::Closed);
+        }
+        Ok(finished)
+    }
+
+    /// The SQL of the session reset, if the mode has one.
+    fn session_sql(&self) -> Option<&str> {
+        match &self.reset {
+            Reset::Rollback => None,
+            Reset::Clean => Some(CLEAN_SQL),
+            Reset::Sql(sql) => Some(sql),
+        }
+    }
+}
+
+/// Opens a socket to `target` with the runtime.
+async fn open<R: PgRuntime>(rt: &R, target: &Target) -> Result<Stream, PgError> {
+    let result = match target {
+        Target::Tcp { host, port } => rt.connect_tcp(host, *port).await,
+        #[cfg(unix)]
+        Target::Unix(path) => rt.connect_unix(path).await,
+    };
+    result.map_err(|source| PgError::Connect {
+        target: target.to_string(),
+        source,
+    })
+}
+
+/// The places to connect to, in order, as libpq reads `host`, `hostaddr` and `port`.
+fn targets(config: &Config) -> Vec<Target> {
+    let (hosts, addrs, ports) = (
+        config.get_hosts(),
+        config.get_hostaddrs(),
+        config.get_ports(),
+    );
+    let port = |i: usize| match ports {
+        [] => 5432,
+        [one] => *one,
+        many => many.get(i).copied().unwrap_or(5432),
+    };
+    (0..hosts.len().max(addrs.len()))
+        .filter_map(|i| {
+            if let Some(addr) = addrs.get(i) {
+                return Some(Target::Tcp {
+                    host: addr.to_string(),
+                    port: port(i),
+                });
+            }
+            match hosts.get(i)? {
+                Host::Tcp(host) => Some(Target::Tcp {
+                    host: host.clone(),
+                    port: port(i),
+                }),
+                #[cfg(unix)]
+                Host::Unix(dir) => Some(Target::Unix(dir.join(format!(".s.PGSQL.{}", port(i))))),
+            }
+        })
+        .collect()
+}
+
+impl<R: PgRuntime> Manager for PgManager<R> {
+    type Connection = PgConnection;
+    type Error = PgError;
+
+    async fn connect(&self) -> Result<PgConnection, PgError> {
+        let rt = self.rt()?;
+        let mut last = PgError::NoHost;
+        for target in &self.targets {
+            match self.connect_to(&rt, target).await {
+                Ok(conn) => return Ok(conn),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    async fn check(&self, conn: &mut PgConnection) -> Result<(), PgError> {
+        if conn.is_closed() {
+            return Err(PgError::Closed);
+        }
+        match &self.check {
+            Check::Closed => {}
+            Check::Ping => conn.client.check_connection().await?,
+            Check::Sql(sql) => conn.client.batch_execute(sql).await?,
+        }
+        // The check itself is not a borrower's use.
+        conn.clean_mark = conn.wire.sent();
+        Ok(())
+    }
+
+    fn has_broken(&self, conn: &mut PgConnection) -> bool {
+        conn.is_closed()
+    }
+
+    fn needs_reset(&self, conn: &PgConnection) -> bool {
+        // `is_clean` first: it reads the task's activity before the counters.
+        let clean = conn.wire.is_clean()
+            && (self.reset == Reset::Rollback || conn.wire.sent() == conn.clean_mark);
+        if clean {
+            self.counters.clean_checkins.fetch_add(1, Relaxed);
+        }
+        !clean
+    }
+
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), PgError> {
+        let wire = Arc::clone(&conn.wire);
+        // 1. Let the connection task take up whatever the last borrower queued.
+        if !wire.wait_for(Wire::settled).await {
+            return Err(PgError::Closed);
+        }
+        // Everything the borrower queued is written now (or stuck in the socket buffer).
+        let used = wire.sent() != conn.clean_mark || wire.in_flight();
+        // 2. A reply still due: give it a moment, then cancel the query on the server; again
+        //    if another abandoned query runs after it (pipelined requests), a few times.
+        let mut cancelled = 0;
+        while wire.in_flight() {
+            if self.quiet_within(&wire).await? || cancelled == MAX_CANCELS {
+                break;
+            }
+            tracing::debug!(target = %conn.target, "cancelling a query a dropped future left running");
+            self.cancel(conn).await?;
+            cancelled += 1;
+        }
+        // 3. Roll back (queued behind whatever is still in flight), then the session reset.
+        let rollback =
+            cancelled > 0 || !wire.settled() || wire.in_flight() || wire.status() != b'I';
+        let session = self.session_sql().filter(|_| used);
+        let client = &conn.client;
+        match (rollback, session) {
+            (false, None) => {
+                self.counters.settled.fetch_add(1, Relaxed);
+            }
+            (true, None) => {
+                client.batch_execute("ROLLBACK").await?;
+                self.counters.rollbacks.fetch_add(1, Relaxed);
+            }
+            (false, Some(sql)) => {
+                client.batch_execute(sql).await?;
+                self.counters.session_resets.fetch_add(1, Relaxed);
+            }
+            (true, Some(sql)) => {
+                // Pipelined: one round trip.
+                let (rolled_back, reset) =
+                    join(client.batch_execute("ROLLBACK"), client.batch_execute(sql)).await;
+                rolled_back?;
+                reset?;
+                self.counters.rollbacks.fetch_add(1, Relaxed);
+                self.counters.session_resets.fetch_add(1, Relaxed);
+            }
+        }
+        // 4. Make sure: nothing due, outside any transaction.
+        if !wire.wait_for(|w| w.settled() && !w.in_flight()).await {
+            return Err(PgError::Closed);
+        }
+        if wire.status() != b'I' {
+            return Err(PgError::Reset("still inside a transaction after ROLLBACK"));
+        }
+        conn.clean_mark = wire.sent();
+        Ok(())
+    }
+}
+
+impl<R> fmt::Debug for PgManager<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgManager")
+            .field("config", &self.config)
+            .field("check", &self.check)
+            .field("reset", &self.reset)
+            .field("cancel_after", &self.cancel_after)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{targets, Target};
+
+    fn tcp(host: &str, port: u16) -> Target {
+        Target::Tcp {
+            host: host.into(),
+            port,
+        }
+    }
+
+    #[test]
+    fn hosts_ports_and_addresses_are_read_as_libpq_reads_them() {
+        let parse = |s: &str| targets(&s.parse().expect("a valid connection string"));
+        assert_eq!(
+            parse("postgres://u@db.example/x"),
+            [tcp("db.example", 5432)]
+        );
+        assert_eq!(
+            parse("host=a,b port=1,2 user=u"),
+            [tcp("a", 1), tcp("b", 2)]
+        );
+        assert_eq!(parse("host=a,b port=7 user=u"), [tcp("a", 7), tcp("b", 7)]);
+        assert_eq!(
+            parse("host=name hostaddr=127.0.0.1 user=u"),
+            [tcp("127.0.0.1", 5432)]
+        );
+        #[cfg(unix)]
+        assert_eq!(
+            parse("host=/run/postgresql port=5433 user=u"),
+            [Target::Unix("/run/postgresql/.s.PGSQL.5433".into())]
+        );
+        assert_eq!(parse("user=u"), []);
+        assert_eq!(tcp("::1", 5432).to_string(), "[::1]:5432");
+    }
+}

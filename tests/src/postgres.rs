@@ -1,0 +1,1248 @@
+//! The database suite: the same scenarios against a real PostgreSQL server on every runtime,
+//! compiled once per adapter by [`postgres!`](crate::postgres!) (in `tests/postgres_*.rs`).
+//!
+//! The server's URL comes from `POOL_TEST_DATABASE_URL` (`.ci/run` sets it). Without it, or
+//! without a reachable server, every test prints a `SKIPPED postgres test ...` line to stderr
+//! and returns, except under CI (`CI=true`), where that is a failure.
+//!
+//! Each test names its connections with an `application_name` of its own, so it counts (and
+//! terminates) only its own backends in `pg_stat_activity` while the others run.
+//!
+//! Timing claims are checked with wide margins, and the measured figures are printed.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::channel::oneshot;
+use futures::future::{join_all, select, Either};
+use futures::FutureExt;
+use pool_core::{Builder, Manager, Pool};
+use pool_postgres::tokio_postgres::types::Type;
+use pool_postgres::tokio_postgres::Config;
+use pool_postgres::tokio_postgres::SimpleQueryMessage;
+use pool_postgres::{PgConnection, PgError, PgManager, PgRuntime, Reset};
+
+/// The variable that holds the server's URL.
+pub const URL_VAR: &str = "POOL_TEST_DATABASE_URL";
+
+/// Generates one `#[test]` per database scenario for runtime `$rt`, each run to completion by
+/// `$block_on`. The server-restart scenario is `#[ignore]`d: it disturbs every other test
+/// that talks to the server, so `.ci/run` runs it alone, after everything else.
+#[macro_export]
+macro_rules! postgres {
+    ($rt:ty, $block_on:path) => {
+        $crate::postgres!(@tests $rt, $block_on;
+            seed_003_pool_of_two_serves_three_sleepers_in_two_seconds,
+            seed_002_queries_finish_while_tasks_sleep_outside_the_pool,
+            seed_002_seventh_task_times_out_with_the_pool_state,
+            terminated_backends_are_replaced_under_load,
+            silent_address_is_bounded_by_the_connect_timeout_and_stalls_no_one,
+            checkout_check_replaces_a_connection_the_server_closed,
+            cancelled_begin_does_not_poison_the_next_borrower,
+            cancelled_mid_transaction_is_rolled_back,
+            full_reset_clears_session_settings_of_a_cancelled_task,
+            full_reset_clears_a_setting_sent_by_a_dropped_future,
+            rollback_mode_keeps_session_settings_made_outside_a_transaction,
+            panic_mid_transaction_closes_the_connection,
+            cancelled_mid_query_next_borrower_does_not_wait,
+            clean_checkins_need_no_reset,
+            credentials_never_appear_in_debug_or_errors,
+        );
+        #[test]
+        #[ignore = "restarts the PostgreSQL server: .ci/run runs it alone, after the other tests"]
+        fn server_restart_under_load_recovers_with_backoff() {
+            $block_on($crate::postgres::server_restart_under_load_recovers_with_backoff::<$rt>());
+        }
+    };
+    (@tests $rt:ty, $block_on:path; $($name:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $block_on($crate::postgres::$name::<$rt>());
+            }
+        )+
+    };
+}
+
+type PgPool<R> = Pool<PgManager<R>, R>;
+
+/// A test's access to the server: its runtime, its configuration (with an application name
+/// of its own) and an admin connection outside any pool.
+pub struct Db<R: PgRuntime> {
+    /// The runtime.
+    pub rt: R,
+    /// The server's configuration, with this test's application name.
+    pub config: Config,
+    /// This test's application name.
+    pub app: String,
+    /// The name of the runtime, for printed figures.
+    pub rt_name: &'static str,
+    admin: PgConnection,
+    admin_config: Config,
+}
+
+impl<R: PgRuntime> std::fmt::Debug for Db<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("app", &self.app)
+            .field("rt", &self.rt_name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Prints a line to stderr past the test harness's output capture, so a skip or a measured
+/// figure shows in a plain `cargo test` run too.
+pub fn report(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Skips the test loudly, or fails it under CI.
+fn skip(test: &str, why: &str) {
+    assert!(
+        !in_ci(),
+        "postgres test {test} cannot run under CI: {why} (.ci/run starts the server and sets {URL_VAR})"
+    );
+    report(&format!("SKIPPED postgres test {test}: {why}"));
+}
+
+fn runtime<R: PgRuntime>() -> R {
+    match R::current() {
+        Ok(rt) => rt,
+        Err(e) => panic!("the database suite runs inside its runtime: {e}"),
+    }
+}
+
+/// Sleeps for `d` on the runtime's timers.
+pub async fn sleep<R: PgRuntime>(rt: &R, d: Duration) {
+    rt.sleep_until(Instant::now() + d).await;
+}
+
+/// Runs `future` for at most `d`.
+pub async fn within<R: PgRuntime, F: Future>(rt: &R, d: Duration, future: F) -> Option<F::Output> {
+    let (future, timer) = (std::pin::pin!(future), std::pin::pin!(sleep(rt, d)));
+    match select(future, timer).await {
+        Either::Left((out, _)) => Some(out),
+        Either::Right(_) => None,
+    }
+}
+
+/// Spawns a test task; its receiver gives `Err` if the task panicked.
+pub fn spawn<R: PgRuntime, T: Send + 'static>(
+    rt: &R,
+    future: impl Future<Output = T> + Send + 'static,
+) -> oneshot::Receiver<T> {
+    let (tx, rx) = oneshot::channel();
+    rt.spawn(async move {
+        let _ = tx.send(future.await);
+    });
+    rx
+}
+
+static NEXT_APP: AtomicUsize = AtomicUsize::new(0);
+
+impl<R: PgRuntime> Db<R> {
+    /// Connects for test `test`, or returns `None` after saying loudly why not (a failure
+    /// under CI).
+    pub async fn open(name: &str) -> Option<Self> {
+        let test = &format!("{name} on {}", std::any::type_name::<R>());
+        let url = match std::env::var(URL_VAR) {
+            Ok(url) => url,
+            Err(_) => {
+                skip(test, &format!("{URL_VAR} is not set"));
+                return None;
+            }
+        };
+        let mut config: Config = match url.parse() {
+            Ok(config) => config,
+            Err(e) => {
+                skip(test, &format!("{URL_VAR} does not parse: {e}"));
+                return None;
+            }
+        };
+        let rt = runtime::<R>();
+        let rt_name = std::any::type_name::<R>();
+        let short: String = name.chars().take(36).collect();
+        let n = NEXT_APP.fetch_add(1, SeqCst);
+        let app = format!("pt{}-{n}-{short}", std::process::id());
+        let mut admin_config = config.clone();
+        admin_config.application_name(format!("pt{}-{n}-admin", std::process::id()));
+        config.application_name(app.clone());
+        let admin = PgManager::new(admin_config.clone()).runtime(rt.clone());
+        let admin = match within(&rt, Duration::from_secs(5), admin.connect()).await {
+            Some(Ok(conn)) => conn,
+            Some(Err(e)) => {
+                skip(
+                    test,
+                    &format!("the server at {URL_VAR} is unreachable: {e}"),
+                );
+                return None;
+            }
+            None => {
+                skip(
+                    test,
+                    &format!("the server at {URL_VAR} did not answer within 5 s"),
+                );
+                return None;
+            }
+        };
+        Some(Self {
+            rt,
+            config,
+            app,
+            rt_name,
+            admin,
+            admin_config,
+        })
+    }
+
+    /// Opens the admin connection again (after a server restart).
+    pub async fn reconnect_admin(&mut self) {
+        let manager = PgManager::new(self.admin_config.clone()).runtime(self.rt.clone());
+        self.admin = match manager.connect().await {
+            Ok(conn) => conn,
+            Err(e) => panic!("the admin connection: {e}"),
+        };
+    }
+
+    /// A manager for this test's connections.
+    pub fn manager(&self) -> PgManager<R> {
+        PgManager::new(self.config.clone()).runtime(self.rt.clone())
+    }
+
+    /// A pool builder with this test's manager, on its runtime, with quick back-off.
+    pub fn builder(&self, manager: PgManager<R>) -> Builder<PgManager<R>, R> {
+        Pool::builder(manager)
+            .runtime(self.rt.clone())
+            .backoff(Duration::from_millis(20), Duration::from_millis(200))
+    }
+
+    /// Builds a pool.
+    pub fn build(&self, builder: Builder<PgManager<R>, R>) -> PgPool<R> {
+        match builder.build() {
+            Ok(pool) => pool,
+            Err(e) => panic!("the test's pool must build: {e}"),
+        }
+    }
+
+    /// How many backends the server has for this test's application name.
+    pub async fn backends(&self) -> i64 {
+        self.admin_query(
+            "select count(*) from pg_stat_activity where application_name = $1",
+            &self.app,
+        )
+        .await
+    }
+
+    /// Terminates every backend of this test's application name; returns how many.
+    pub async fn terminate_all(&self) -> i64 {
+        self.admin_query(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity where application_name = $1",
+            &self.app,
+        )
+        .await
+    }
+
+    async fn admin_query(&self, sql: &str, arg: &str) -> i64 {
+        match self.admin.query_one(sql, &[&arg]).await {
+            Ok(row) => row.get(0),
+            Err(e) => panic!("admin query {sql:?} failed: {e}"),
+        }
+    }
+}
+
+/// What a borrower sees of the session it was lent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The backend's process id.
+    pub pid: i32,
+    /// Whether the query ran outside a transaction block.
+    pub outside_transaction: bool,
+    /// `statement_timeout`.
+    pub statement_timeout: String,
+    /// The custom setting `pooltest.marker` ('' once reset).
+    pub marker: String,
+    /// `search_path`.
+    pub search_path: String,
+    /// `application_name`.
+    pub application_name: String,
+}
+
+/// Asks the server what the session looks like (one simple query: in it, `now()` equals
+/// `statement_timestamp()` exactly when no transaction block was open before it).
+pub async fn session(conn: &PgConnection) -> Result<Session, PgError> {
+    let messages = conn
+        .simple_query(
+            "select pg_backend_pid(), now() = statement_timestamp(), \
+             current_setting('statement_timeout'), \
+             coalesce(current_setting('pooltest.marker', true), ''), \
+             current_setting('search_path'), current_setting('application_name')",
+        )
+        .await?;
+    let Some(row) = messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => Some(row),
+        _ => None,
+    }) else {
+        panic!("the session query returns a row")
+    };
+    let text = |i: usize| row.get(i).unwrap_or_default().to_owned();
+    Ok(Session {
+        pid: text(0).parse().expect("a pid"),
+        outside_transaction: text(1) == "t",
+        statement_timeout: text(2),
+        marker: text(3),
+        search_path: text(4),
+        application_name: text(5),
+    })
+}
+
+/// A configuration for `host:port` with the user and database of `config` (not a copy:
+/// `Config::host` adds a host rather than replacing it).
+fn elsewhere(config: &Config, host: &str, port: u16) -> Config {
+    let mut other = Config::new();
+    other.host(host).port(port);
+    if let Some(user) = config.get_user() {
+        other.user(user);
+    }
+    if let Some(db) = config.get_dbname() {
+        other.dbname(db);
+    }
+    if let Some(app) = config.get_application_name() {
+        other.application_name(app);
+    }
+    other
+}
+
+async fn get<R: PgRuntime>(pool: &PgPool<R>) -> pool_core::PooledConnection<PgManager<R>, R> {
+    match pool.get_timeout(Duration::from_secs(10)).await {
+        Ok(conn) => conn,
+        Err(e) => panic!("a connection: {e}"),
+    }
+}
+
+async fn session_of<R: PgRuntime>(pool: &PgPool<R>) -> Session {
+    let conn = get(pool).await;
+    match session(&conn).await {
+        Ok(s) => s,
+        Err(e) => panic!("the session query: {e}"),
+    }
+}
+
+async fn exec(conn: &PgConnection, sql: &str) {
+    if let Err(e) = conn.batch_execute(sql).await {
+        panic!("{sql}: {e}");
+    }
+}
+
+/// Waits (up to 5 s) until no connection is in use, opening or closing, then checks that the
+/// pool's status adds up and that the server has exactly the pool's open connections.
+async fn assert_settled<R: PgRuntime>(db: &Db<R>, pool: &PgPool<R>) {
+    let give_up = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = pool.status();
+        if (s.in_use == 0 && s.opening == 0 && s.closing == 0) || Instant::now() > give_up {
+            break;
+        }
+        sleep(&db.rt, Duration::from_millis(10)).await;
+    }
+    let s = pool.status();
+    assert_eq!(
+        (s.in_use, s.opening, s.closing),
+        (0, 0, 0),
+        "settled: {s:?}"
+    );
+    assert_eq!(s.size, s.idle, "status adds up: {s:?}");
+    assert!(s.size <= s.max_size, "{s:?}");
+    // Terminated backends may take a moment to leave pg_stat_activity.
+    let give_up = Instant::now() + Duration::from_secs(5);
+    let mut backends = db.backends().await;
+    while backends != s.idle as i64 && Instant::now() < give_up {
+        sleep(&db.rt, Duration::from_millis(20)).await;
+        backends = db.backends().await;
+    }
+    assert_eq!(
+        backends, s.idle as i64,
+        "the server has exactly the pool's connections: {s:?}"
+    );
+}
+
+/// Seed 003: a pool of 2 and three tasks that each run `select pg_sleep(1)` at once. The
+/// server sees exactly two backends, and the three finish in about 2 s (the third waits for
+/// a release): not 1 s (a third connection) and not 3 s (serialised).
+pub async fn seed_003_pool_of_two_serves_three_sleepers_in_two_seconds<R: PgRuntime>() {
+    let Some(db) = Db::<R>::open("seed_003_pool_of_two_serves_three_sleepers_in_two_seconds").await
+    else {
+        return;
+    };
+    let pool = db.build(db.builder(db.manager()).max_size(2));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..3)
+        .map(|_| {
+            let pool = pool.clone();
+            spawn(&db.rt, async move {
+                let conn = pool.get().await.map_err(|e| e.to_string())?;
+                conn.batch_execute("select pg_sleep(1)")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(start.elapsed())
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for _ in 0..9 {
+        sleep(&db.rt, Duration::from_millis(200)).await;
+        seen.push(db.backends().await);
+    }
+    let finished: Vec<Duration> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.expect("the task ran").expect("the query ran"))
+        .collect();
+    let elapsed = start.elapsed();
+    report(&format!(
+        "seed 003 on {}: three `select pg_sleep(1)` on a pool of 2 finished at {:?}; all done in {elapsed:.2?}; backends seen every 200 ms: {seen:?}",
+        db.rt_name, finished
+    ));
+    assert!(
+        seen.iter().all(|&n| n <= 2) && seen.contains(&2),
+        "the server saw exactly two backends for the pool: {seen:?}"
+    );
+    assert_eq!(pool.manager().stats().connects, 2, "two connections opened");
+    assert!(
+        elapsed >= Duration::from_millis(1900) && elapsed < Duration::from_millis(2900),
+        "about 2 s, not 1 s and not 3 s: {elapsed:?}"
+    );
+    assert_settled(&db, &pool).await;
+}
+
+/// Seed 002: six tasks on a pool of 3 each run one query and then sleep outside the pool:
+/// every query finishes before any sleep ends.
+pub async fn seed_002_queries_finish_while_tasks_sleep_outside_the_pool<R: PgRuntime>() {
+    let Some(db) =
+        Db::<R>::open("seed_002_queries_finish_while_tasks_sleep_outside_the_pool").await
+    else {
+        return;
+    };
+    let pool = db.build(db.builder(db.manager()).max_size(3));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let (pool, rt) = (pool.clone(), db.rt.clone());
+            spawn(&db.rt, async move {
+                pool.with_connection(async |conn: &mut PgConnection| {
+                    conn.batch_execute("select pg_sleep(0.05)").await
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+                let query_done = Instant::now();
+                sleep(&rt, Duration::from_secs(1)).await;
+                Ok::<_, String>((query_done, Instant::now()))
+            })
+        })
+        .collect();
+    let times: Vec<_> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.expect("the task ran").expect("the query ran"))
+        .collect();
+    let last_query = times.iter().map(|t| t.0).max().expect("six tasks");
+    let first_wake = times.iter().map(|t| t.1).min().expect("six tasks");
+    report(&format!(
+        "seed 002 on {}: six queries on a pool of 3 all done after {:.0?}; the first sleep outside the pool ended at {:.0?}",
+        db.rt_name,
+        last_query - start,
+        first_wake - start
+    ));
+    assert!(
+        last_query < first_wake,
+        "every query finished before any sleep ended"
+    );
+    assert!(pool.manager().stats().connects <= 3);
+    assert_settled(&db, &pool).await;
+}
+
+/// Seed 002: seven tasks each take a connection of a pool of 3 and hold it; with a 1 s
+/// acquire timeout, the ones that find none (the seventh among them) fail with an error that
+/// says what the pool looked like.
+pub async fn seed_002_seventh_task_times_out_with_the_pool_state<R: PgRuntime>() {
+    let Some(db) = Db::<R>::open("seed_002_seventh_task_times_out_with_the_pool_state").await
+    else {
+        return;
+    };
+    let pool = db.build(
+        db.builder(db.manager())
+            .max_size(3)
+            .acquire_timeout(Some(Duration::from_secs(1))),
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..7 {
+        let (pool, rt) = (pool.clone(), db.rt.clone());
+        tasks.push(spawn(&db.rt, async move {
+            let asked = Instant::now();
+            let conn = pool
+                .get()
+                .await
+                .map_err(|e| (e.to_string(), e.is_timeout(), asked.elapsed()))?;
+            conn.batch_execute("select 1")
+                .await
+                .map_err(|e| (e.to_string(), false, asked.elapsed()))?;
+            sleep(&rt, Duration::from_millis(1500)).await;
+            drop(conn);
+            Ok(())
+        }));
+        // Arrive in order.
+        sleep(&db.rt, Duration::from_millis(20)).await;
+    }
+    let results: Vec<_> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.expect("the task ran"))
+        .collect();
+    let served = results.iter().take_while(|r| r.is_ok()).count();
+    assert_eq!(
+        served, 3,
+        "the first three hold the connections: {results:?}"
+    );
+    for result in &results[3..] {
+        let Err((message, is_timeout, waited)) = result else {
+            panic!("tasks 4 to 7 find no connection: {results:?}");
+        };
+        assert!(is_timeout, "{message}");
+        assert!(
+            message.contains("3 of 3 in use"),
+            "the pool's state: {message}"
+        );
+        assert!(
+            *waited >= Duration::from_secs(1) && *waited < Duration::from_millis(1450),
+            "at the deadline, before any release: {waited:?}"
+        );
+    }
+    if let Err((message, ..)) = &results[6] {
+        report(&format!(
+            "seed 002 on {}: the seventh task got: {message}",
+            db.rt_name
+        ));
+    }
+    assert_eq!(pool.metrics().timed_out, 4);
+    assert_settled(&db, &pool).await;
+}
+
+/// One query of the load: when it started and ended, and whether it worked.
+type Outcome = (Instant, Instant, bool);
+
+/// Runs `tasks` tasks that query through `pool` in a loop until `stop`, recording outcomes.
+fn load<R: PgRuntime>(
+    db: &Db<R>,
+    pool: &PgPool<R>,
+    tasks: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<oneshot::Receiver<Vec<Outcome>>> {
+    (0..tasks)
+        .map(|_| {
+            let (pool, rt, stop) = (pool.clone(), db.rt.clone(), Arc::clone(stop));
+            spawn(&db.rt, async move {
+                let mut outcomes = Vec::new();
+                while !stop.load(SeqCst) {
+                    let start = Instant::now();
+                    let ok = match pool.get_timeout(Duration::from_secs(1)).await {
+                        Ok(conn) => conn.simple_query("select 1").await.is_ok(),
+                        Err(_) => false,
+                    };
+                    outcomes.push((start, Instant::now(), ok));
+                    sleep(&rt, Duration::from_millis(5)).await;
+                }
+                outcomes
+            })
+        })
+        .collect()
+}
+
+async fn collect(tasks: Vec<oneshot::Receiver<Vec<Outcome>>>) -> Vec<Outcome> {
+    let mut all: Vec<Outcome> = join_all(tasks)
+        .await
+        .into_iter()
+        .flat_map(|r| r.expect("the load task ran"))
+        .collect();
+    all.sort_by_key(|o| o.1);
+    all
+}
+
+/// Faults: every backend of the pool is terminated (`pg_terminate_backend`) in the middle
+/// of a load of many tasks. The pool replaces them, loses no slot, and serves again within a
+/// second.
+pub async fn terminated_backends_are_replaced_under_load<R: PgRuntime>() {
+    let Some(db) = Db::<R>::open("terminated_backends_are_replaced_under_load").await else {
+        return;
+    };
+    let pool = db.build(db.builder(db.manager()).max_size(4));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(&db, &pool, 12, &stop);
+    sleep(&db.rt, Duration::from_millis(700)).await;
+    let killed = db.terminate_all().await;
+    let killed_at = Instant::now();
+    sleep(&db.rt, Duration::from_millis(1500)).await;
+    stop.store(true, SeqCst);
+    let outcomes = collect(tasks).await;
+    let before = outcomes.iter().filter(|o| o.1 < killed_at && o.2).count();
+    let failed = outcomes.iter().filter(|o| !o.2).count();
+    let recovered = outcomes
+        .iter()
+        .find(|o| o.0 >= killed_at && o.2)
+        .map(|o| o.1 - killed_at);
+    let m = pool.metrics();
+    report(&format!(
+        "terminate on {}: {killed} backends terminated under a load of 12 tasks ({before} queries before); \
+         {failed} queries failed; service returned {recovered:?} after the terminate; \
+         closed as broken {}, connects {} ok / {} failed",
+        db.rt_name, m.closed.broken, m.connects_ok, m.connects_failed
+    ));
+    assert!((1..=4).contains(&killed), "{killed} backends terminated");
+    let recovered = recovered.expect("queries succeed again after the terminate");
+    assert!(
+        recovered < Duration::from_secs(1),
+        "service returned within a second: {recovered:?}"
+    );
+    assert_settled(&db, &pool).await;
+}
+
+/// A manager that connects to a second address once switched (the rest is the first's).
+struct Switch<R: PgRuntime> {
+    real: PgManager<R>,
+    silent: PgManager<R>,
+    silenced: AtomicBool,
+}
+
+impl<R: PgRuntime> Manager for Switch<R> {
+    type Connection = PgConnection;
+    type Error = PgError;
+
+    async fn connect(&self) -> Result<PgConnection, PgError> {
+        if self.silenced.load(SeqCst) {
+            self.silent.connect().await
+        } else {
+            self.real.connect().await
+        }
+    }
+
+    fn has_broken(&self, conn: &mut PgConnection) -> bool {
+        self.real.has_broken(conn)
+    }
+
+    fn needs_reset(&self, conn: &PgConnection) -> bool {
+        self.real.needs_reset(conn)
+    }
+
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), PgError> {
+        self.real.reset(conn).await
+    }
+}
+
+/// Faults: a connect to an address that accepts TCP connections but never answers is
+/// bounded by the connect timeout, and while it hangs, a waiter is served by a connection
+/// that comes back.
+pub async fn silent_address_is_bounded_by_the_connect_timeout_and_stalls_no_one<R: PgRuntime>() {
+    let Some(db) =
+        Db::<R>::open("silent_address_is_bounded_by_the_connect_timeout_and_stalls_no_one").await
+    else {
+        return;
+    };
+    // The kernel completes TCP handshakes into the backlog; nobody ever reads or answers.
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").expect("a local port");
+    let port = black_hole.local_addr().expect("bound").port();
+    let silent = elsewhere(&db.config, "127.0.0.1", port);
+    let switch = Switch {
+        real: db.manager(),
+        silent: PgManager::new(silent.clone()).runtime(db.rt.clone()),
+        silenced: AtomicBool::new(false),
+    };
+    let pool = match Pool::builder(switch)
+        .runtime(db.rt.clone())
+        .max_size(2)
+        .connect_timeout(Duration::from_millis(500))
+        .backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .build()
+    {
+        Ok(pool) => pool,
+        Err(e) => panic!("{e}"),
+    };
+    let held = pool.get().await.expect("a real connection");
+    pool.manager().silenced.store(true, SeqCst);
+    let silenced_at = Instant::now();
+    let waiter = {
+        let pool = pool.clone();
+        spawn(&db.rt, async move {
+            let conn = pool
+                .get_timeout(Duration::from_secs(3))
+                .await
+                .map_err(|e| e.to_string())?;
+            let served_at = Instant::now();
+            conn.batch_execute("select 1")
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(served_at)
+        })
+    };
+    sleep(&db.rt, Duration::from_millis(150)).await;
+    let s = pool.status();
+    assert_eq!((s.opening, s.waiting), (1, 1), "a connect hangs: {s:?}");
+    let released_at = Instant::now();
+    drop(held);
+    let served_at = waiter
+        .await
+        .expect("the waiter ran")
+        .expect("the waiter is served by the released connection");
+    let served_after = served_at.saturating_duration_since(released_at);
+    assert!(
+        served_after < Duration::from_millis(200),
+        "the hanging connect stalled the waiter: {served_after:?}"
+    );
+    // The hanging connect gives up at the connect timeout.
+    let give_up = Instant::now() + Duration::from_secs(3);
+    while pool.metrics().connects_failed == 0 && Instant::now() < give_up {
+        sleep(&db.rt, Duration::from_millis(10)).await;
+    }
+    let gave_up_after = silenced_at.elapsed();
+    assert_eq!(pool.metrics().connects_failed, 1);
+    assert!(
+        gave_up_after >= Duration::from_millis(450) && gave_up_after < Duration::from_millis(1500),
+        "bounded by the 500 ms connect timeout: {gave_up_after:?}"
+    );
+    // A pool that only knows the silent address fails at its deadline and says why.
+    let only_silent = db.build(
+        db.builder(PgManager::new(silent).runtime(db.rt.clone()))
+            .max_size(1)
+            .connect_timeout(Duration::from_millis(300)),
+    );
+    let asked = Instant::now();
+    let err = only_silent
+        .get_timeout(Duration::from_millis(1000))
+        .await
+        .expect_err("nothing answers");
+    let waited = asked.elapsed();
+    let message = err.to_string();
+    report(&format!(
+        "silent address on {}: a connect gave up after {gave_up_after:.0?} (timeout 500 ms); \
+         meanwhile a waiter was served {served_after:.1?} after a release; a pool of the silent \
+         address alone failed after {waited:.0?}: {message}",
+        db.rt_name
+    ));
+    assert!(
+        message.contains("connect timed out after 300ms"),
+        "{message}"
+    );
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+    drop(black_hole);
+}
+
+/// The checkout check: a connection the server closed while it sat idle is found out and
+/// replaced before anyone is lent it.
+pub async fn checkout_check_replaces_a_connection_the_server_closed<R: PgRuntime>() {
+    let Some(db) = Db::<R>::open("checkout_check_replaces_a_connection_the_server_closed").await
+    else {
+        return;
+    };
+    let pool = db.build(db.builder(db.manager()).max_size(1));
+    let first = session_of(&pool).await;
+    assert_eq!(db.terminate_all().await, 1);
+    // Past the 500 ms bypass window, so the check runs.
+    sleep(&db.rt, Duration::from_millis(700)).await;
+    let second = session_of(&pool).await;
+    assert_ne!(first.pid, second.pid, "a new backend");
+    let m = pool.metrics();
+    assert_eq!(m.checks_failed, 1, "{m:?}");
+    assert_settled(&db, &pool).await;
+}
+
+/// sqlx#4393: a task's `BEGIN` is cancelled right after it was sent (its future dropped
+/// after the first poll). The next borrower of that connection is not inside a transaction.
+pub async fn cancelled_begin_does_not_poison_the_next_borrower<R: PgRuntime>() {
+    let Some(db) = Db::<R>::open("cancelled_begin_does_not_poison_the_next_borrower").await else {
+        return;
+    };
+    let pool = db.build(db.builder(db.manager()).max_size(1));
+    let pid = session_of(&pool).await.pid;
+    {
+        let conn = get(&pool).await;
+        let begin =
+            conn.batch_execute("BEGIN; SELECT set_config('pooltest.marker', 'dirty', false)");
+        assert!(begin.now_or_never().is_none(), "cancelled before the reply");
+    }
+    let next = session_of(&pool).await;
+    assert_eq!(next.pid, pid, "the same connection, reused");
+    assert!(
+        next.outside_transaction,
+        "not inside the cancelled BEGIN: {next:?}"
+    );
+    assert_eq!(
+        next.marker, "",
+        "the transaction's setting is gone: {next:?}"
+    );
+    assert_eq!(pool.manager().stats().rollbacks, 1);
+    assert_settled(&db, &pool).await;
+}
+
+/// A task begins a transaction, changes settings in it, and is cancelled mid-transaction
+/// (while awaiting something else). The next borrower is not inside that transaction and
+/// sees none of its settings.
+pub async fn cancelled_mid_transaction_is_rolled_back<R: PgRuntime>() {
+    let Some(db) = Db::<R>::open("cancelled_mid_transaction_is_rolled_back").await else {
+        return;
+    };
+    let pool = db.build(db.builder(db.manager()).max_size(1));
+    let clean = session_of(&pool).await;
+    let task = {
+        let pool = pool.clone();
+        async move {
+            let conn = get(&pool).await;
+            exec(
+                &conn,
+                "BEGIN; SET statement_timeout = '123s'; SELECT set_config('pooltest.marker', 'dirty', false)",
+            )
+            .await;
+            futures::future::pending::<()>().await;
+        }
+    };
+    assert!(within(&db.rt, Duration::from_millis(300), task)
+        .await
+        .is_none());
+    let next = session_of(&pool).await;
+    assert_eq!(next.pid, clean.pid, "the same connection, reused");
+    assert!(next.outside_transaction, "{next:?}");
+    assert_eq!(next.statement_timeout, clean.statement_timeout, "{next:?}");
+    assert_eq!(next.marker, "", "{next:?}");
+    assert_eq!(pool.manager().stats().rollbacks, 1);
+    assert_settled(&db, &pool).await;
+}
+
+/// With the full reset ([`Reset::Clean`]), a cancelled task's session settings are gone too,
+/// including those made outside its transaction, while the connection's own
+/// `application_name` stays.
+pub async fn full_reset_clears_session_settings_of_a_cancelled_task<R: PgRuntime>() {
+    let Some(db) = Db::<R>::open("full_reset_clears_session_settings_of_a_cancelled_task").await
+    else {
+        return;
+    };
+    let pool = db.build(
+        db.builder(db.manager().reset_with(Reset::Clean))
+            .max_size(1),
+    );
+    let clean = session_of(&pool).await;
+    let task = {
+        let pool = pool.clone();
+        async move {
+            let conn = get(&pool).await;
+            exec(
+                &conn,
+                "SET statement_timeout = '123s'; SELECT set_config('pooltest.marker', 'dirty', false); \
+                 BEGIN; SET search_path = pooltest_dirty",
+            )
+            .await;
+            futures::future::pending::<()>().await;
+        }
+    };
+    assert!(within(&db.rt, Duration::from_millis(300), task)
+        .await
+        .is_none());
+    let next = session_of(&pool).await;
+    assert_eq!(next.pid, clean.pid, "the same connection, reused");
+    assert!(next.outside_transaction, "{next:?}");
+    assert_eq!(next.statement_timeout, clean.statement_timeout, "{next:?}");
+    assert_eq!(next.marker, "", "{next:?}");
+    assert_eq!(next.search_path, clean.search_path, "{next:?}");
+    assert_eq!(next.application_name, db.app, "{next:?}");
+    let stats = pool.manager().stats();
+    assert!(
+        stats.rollbacks >= 1 && stats.session_resets >= 1,
+        "{stats:?}"
+    );
+    assert_settled(&db, &pool).await;
+}
+
+/// With the full reset, a session setting whose future was dropped before the request was
+/// even written (so the pool saw no query sent at checkin) is cleared too.
+pub async fn full_reset_clears_a_setting_sent_by_a_dropped_future<R: PgRuntime>() {
+    let Some(db) = Db::<R>::open("full_reset_clears_a_setting_sent_by_a_dropped_future").await
+    else {
+        return;
+    };
+    let pool = db.build(
+        db.builder(db.manager().reset_with(Reset::Clean))
+            .max_size(1),
+    );
+    let clean = session_of(&pool).await;
+    {
+        let conn = get(&pool).await;
+        let set = conn.batch_execute("SET statement_timeout = '123s'");
+        assert!(set.now_or_never().is_none(), "dropped before the reply");
+    }
+    let next = session_of(&pool).await;
+    assert_eq!(next.pid, clean.pid, "the same connection, reused");
+    assert_eq!(next.statement_timeout, clean.statement_timeout, "{next:?}");
+    assert!(pool.manager().stats().session_resets >= 1);
+    assert_settled(&db, &pool).await;
+}
+
+/// The documented trade-off of the default [`Reset::Rollback`]: a setting made outside any
+/// transaction is session state, and stays for the next borrower (use [`Reset::Clean`]).
+pub async fn rollback_mode_keeps_session_settings_made_outside_a_transaction<R: PgRuntime>() {
+    let Some(db) =
+        Db::<R>::open("rollback_mode_keeps_session_settings_made_outside_a_transaction").await
+    else {
+        return;
+    };
+    let pool = db.build(db.builder(db.manager()).max_size(1));
+    {
+        let conn = get(&pool).await;
+        exec(&conn, "SELECT set_config('pooltest.marker', 'kept', false)").await;
+    }
+    let next = session_of(&pool).await;
+    assert!(next.outside_transaction);
+    assert_eq!(next.marker, "kept");
+    let stats = pool.manager().stats();
+    assert_eq!((stats.rollbacks, stats.session_resets), (0, 0), "{stats:?}");
+}
+
+/// A task panics mid-transaction while holding a connection: the pool closes it (its state is
+/// unknown); the next borrower gets a fresh one, outside any transaction.
+pub async fn panic_mid_transaction_closes_the_connection<R: PgRuntime>() {
+    let Some(db) = Db::<R>::open("panic_mid_transaction_closes_the_connection").await else {
+        return;
+    };
+    let pool = db.build(db.builder(db.manager()).max_size(1));
+    let clean = session_of(&pool).await;
+    let task = {
+        let pool = pool.clone();
+        async move {
+            let conn = get(&pool).await;
+            exec(
+                &conn,
+                "BEGIN; SELECT set_config('pooltest.marker', 'dirty', false)",
+            )
+            .await;
+            panic!("the task panics mid-transaction");
+        }
+    };
+    let outcome = AssertUnwindSafe(task).catch_unwind().await;
+    assert!(outcome.is_err(), "the task panicked");
+    let next = session_of(&pool).await;
+    assert_ne!(
+        next.pid, clean.pid,
+        "the panicking task's connection was closed"
+    );
+    assert!(next.outside_transaction, "{next:?}");
+    assert_eq!(next.marker, "", "{next:?}");
+    assert_eq!(pool.metrics().closed.discarded, 1);
+    assert_settled(&db, &pool).await;
+}
+
+/// A task is cancelled while its query still runs on the server (inside a transaction,
+/// `select pg_sleep(3)`). The next borrower does not wait for the abandoned query (the
+/// manager cancels it on the server) and is not inside its transaction.
+pub async fn cancelled_mid_query_next_borrower_does_not_wait<R: PgRuntime>() {
+    let Some(db) = Db::<R>::open("cancelled_mid_query_next_borrower_does_not_wait").await else {
+        return;
+    };
+    let pool = db.build(db.builder(db.manager()).max_size(1));
+    let clean = session_of(&pool).await;
+    let task = {
+        let pool = pool.clone();
+        async move {
+            let conn = get(&pool).await;
+            exec(
+                &conn,
+                "BEGIN; SELECT set_config('pooltest.marker', 'dirty', false)",
+            )
+            .await;
+            let _ = conn.batch_execute("select pg_sleep(3)").await;
+        }
+    };
+    assert!(within(&db.rt, Duration::from_millis(300), task)
+        .await
+        .is_none());
+    let cancelled_at = Instant::now();
+    let next = session_of(&pool).await;
+    let waited = cancelled_at.elapsed();
+    let still_sleeping = db
+        .admin_query(
+            "select count(*) from pg_stat_activity where application_name = $1 and query = 'select pg_sleep(3)' and state = 'active'",
+            &db.app,
+        )
+        .await;
+    report(&format!(
+        "cancelled mid-query on {}: the next borrower had its answer {waited:.1?} after the cancel \
+         (the abandoned query had 2.7 s to go); cancel requests sent: {}",
+        db.rt_name,
+        pool.manager().stats().cancels
+    ));
+    assert_eq!(next.pid, clean.pid, "the same connection, reused");
+    assert!(next.outside_transaction, "{next:?}");
+    assert_eq!(next.marker, "", "{next:?}");
+    assert_eq!(still_sleeping, 0, "the abandoned query no longer runs");
+    assert!(
+        waited < Duration::from_secs(1),
+        "the next borrower did not wait for the abandoned query: {waited:?}"
+    );
+    assert_eq!(pool.manager().stats().cancels, 1);
+    assert_settled(&db, &pool).await;
+}
+
+/// The happy path costs nothing: connections given back idle go straight back to the pool,
+/// with no reset task and no round trip; at most they wait in the background for a reply
+/// still due (the `Close` of a statement prepared by `query(&str)`), never for a query of the
+/// manager's own.
+pub async fn clean_checkins_need_no_reset<R: PgRuntime>() {
+    let Some(db) = Db::<R>::open("clean_checkins_need_no_reset").await else {
+        return;
+    };
+    let pool = db.build(db.builder(db.manager()).max_size(1));
+    let mut split = Vec::new();
+    for kind in ["simple_query", "query_typed", "query(&str)"] {
+        let before = pool.manager().stats();
+        for i in 0..40_i32 {
+            let conn = get(&pool).await;
+            let value = match kind {
+                "simple_query" => conn.simple_query("select 1").await.map(|_| 1),
+                "query_typed" => conn
+                    .query_typed_one("select $1", &[(&i, Type::INT4)])
+                    .await
+                    .map(|row| row.get::<_, i32>(0)),
+                _ => conn
+                    .query_one("select $1::int4", &[&i])
+                    .await
+                    .map(|row| row.get::<_, i32>(0)),
+            };
+            assert!(value.is_ok(), "{kind}: {value:?}");
+        }
+        let after = pool.manager().stats();
+        split.push((
+            kind,
+            after.clean_checkins - before.clean_checkins,
+            after.settled - before.settled,
+        ));
+    }
+    assert_settled(&db, &pool).await;
+    let stats = pool.manager().stats();
+    report(&format!(
+        "checkins on {} (kind, needing nothing, waiting for a reply in the background): {split:?}",
+        db.rt_name
+    ));
+    assert_eq!(
+        (stats.rollbacks, stats.cancels, stats.session_resets),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(stats.clean_checkins + stats.settled, 120, "{stats:?}");
+    assert_settled(&db, &pool).await;
+}
+
+/// Credentials: the Debug output of the manager, the pool, a connection, and of every error
+/// (connect refused, role missing, a bad URL) contains no password.
+pub async fn credentials_never_appear_in_debug_or_errors<R: PgRuntime>() {
+    let Some(db) = Db::<R>::open("credentials_never_appear_in_debug_or_errors").await else {
+        return;
+    };
+    const SECRET: &str = "Hunter2-s3cret-pw";
+    let mut texts = Vec::new();
+    // A working pool (the server trusts local connections and ignores the password).
+    let mut config = db.config.clone();
+    config.password(SECRET);
+    let pool = db.build(db.builder(PgManager::new(config.clone()).runtime(db.rt.clone())));
+    let conn = get(&pool).await;
+    texts.push(format!(
+        "{pool:?} {:?} {conn:?} {:?}",
+        pool.manager(),
+        *conn
+    ));
+    drop(conn);
+    // Connection refused.
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a local port");
+        listener.local_addr().expect("bound").port()
+    };
+    let mut refused = elsewhere(&config, "127.0.0.1", closed_port);
+    refused.password(SECRET);
+    let pool = db.build(db.builder(PgManager::new(refused).runtime(db.rt.clone())));
+    let err = pool
+        .get_timeout(Duration::from_millis(300))
+        .await
+        .expect_err("refused");
+    texts.push(format!(
+        "{err} {err:?} {:?}",
+        std::error::Error::source(&err)
+    ));
+    // A role that does not exist.
+    let mut no_role = config.clone();
+    no_role.user("pooltest_no_such_role");
+    let pool = db.build(db.builder(PgManager::new(no_role).runtime(db.rt.clone())));
+    let err = pool
+        .get_timeout(Duration::from_millis(500))
+        .await
+        .expect_err("no role");
+    let message = err.to_string();
+    assert!(message.contains("pooltest_no_such_role"), "{message}");
+    texts.push(format!("{message} {err:?}"));
+    // URLs that do not parse.
+    for url in [
+        format!("postgres://u:{SECRET}@127.0.0.1:notaport/test"),
+        format!("postgres://u:{SECRET}@127.0.0.1/test?sslmode=sometimes"),
+        format!("host=127.0.0.1 password={SECRET} bogus_option=1"),
+    ] {
+        match PgManager::<R>::from_url(&url) {
+            Ok(m) => panic!("{url} parsed: {m:?}"),
+            Err(e) => texts.push(format!("{e} {e:?}")),
+        }
+    }
+    for text in &texts {
+        assert!(!text.contains(SECRET), "a password leaked: {text}");
+    }
+}
+
+/// Faults: the server restarts (`pg_ctlcluster restart`) under load. The pool recovers by
+/// itself, backing off between failed connects rather than spinning. Needs root; the server
+/// is started again whatever happens.
+pub async fn server_restart_under_load_recovers_with_backoff<R: PgRuntime>() {
+    let test = "server_restart_under_load_recovers_with_backoff";
+    let Some(mut db) = Db::<R>::open(test).await else {
+        return;
+    };
+    let Some(version) = cluster_version() else {
+        skip(
+            test,
+            "no PostgreSQL cluster under /etc/postgresql to restart",
+        );
+        return;
+    };
+    let _restart_guard = EnsureRunning(version.clone());
+    let pool = db.build(
+        db.builder(db.manager())
+            .max_size(4)
+            .connect_timeout(Duration::from_secs(2))
+            .backoff(Duration::from_millis(50), Duration::from_millis(1000)),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(&db, &pool, 8, &stop);
+    sleep(&db.rt, Duration::from_millis(1000)).await;
+    let failed_before = pool.metrics().connects_failed;
+    // A probe outside the pool notes when the server went away and when it took connections
+    // again.
+    let probe = {
+        let (manager, rt, stop) = (db.manager(), db.rt.clone(), Arc::clone(&stop));
+        spawn(&db.rt, async move {
+            let (mut down, mut back) = (None, None);
+            while !stop.load(SeqCst) && back.is_none() {
+                let ok = matches!(
+                    within(&rt, Duration::from_secs(1), manager.connect()).await,
+                    Some(Ok(_))
+                );
+                match (ok, down) {
+                    (false, None) => down = Some(Instant::now()),
+                    (true, Some(_)) => back = Some(Instant::now()),
+                    _ => {}
+                }
+                sleep(&rt, Duration::from_millis(10)).await;
+            }
+            (down, back)
+        })
+    };
+    let restart_started = Instant::now();
+    let restarted = {
+        let version = version.clone();
+        db.rt
+            .spawn_blocking(move || pg_ctlcluster(&version, "restart"))
+            .await
+    };
+    let restart_took = restart_started.elapsed();
+    assert!(restarted.is_ok(), "pg_ctlcluster restart: {restarted:?}");
+    sleep(&db.rt, Duration::from_secs(3)).await;
+    stop.store(true, SeqCst);
+    let outcomes = collect(tasks).await;
+    let (down, back) = probe.await.expect("the probe ran");
+    let m = pool.metrics();
+    let failed_connects = m.connects_failed - failed_before;
+    // The longest time without a successful query, around the restart.
+    let oks: Vec<Instant> = outcomes.iter().filter(|o| o.2).map(|o| o.1).collect();
+    let outage = oks
+        .windows(2)
+        .filter(|w| w[1] >= restart_started)
+        .map(|w| w[1] - w[0])
+        .max();
+    let back = back.expect("the server came back");
+    let recovered = oks.iter().find(|&&t| t >= back).map(|&t| t - back);
+    report(&format!(
+        "server restart on {}: pg_ctlcluster restart took {restart_took:.2?}; the server refused \
+         connections for {:.0?}; the pool served its first query {recovered:.0?} after the server \
+         took connections again; no query succeeded for {outage:.0?}; {failed_connects} failed \
+         connects meanwhile (back-off 50 ms doubling to 1 s); connects ok {}",
+        db.rt_name,
+        down.map(|d| back - d),
+        m.connects_ok
+    ));
+    let recovered = recovered.expect("queries succeed again after the restart");
+    assert!(
+        recovered < Duration::from_millis(2500),
+        "recovered by itself, within the back-off's 1 s cap and a connect: {recovered:?}"
+    );
+    assert!(
+        failed_connects <= 40,
+        "back-off, not a busy spin: {failed_connects} failed connects"
+    );
+    db.reconnect_admin().await;
+    assert_settled(&db, &pool).await;
+}
+
+/// The cluster version directory under `/etc/postgresql`.
+fn cluster_version() -> Option<String> {
+    let mut versions: Vec<String> = std::fs::read_dir("/etc/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+fn pg_ctlcluster(version: &str, action: &str) -> Result<(), String> {
+    let out = std::process::Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", version, "main", action])
+        .output()
+        .map_err(|e| format!("pg_ctlcluster: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "pg_ctlcluster {action}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Starts the cluster again on drop if it is not running (a failed or panicking restart
+/// test must not leave the server down).
+struct EnsureRunning(String);
+
+impl Drop for EnsureRunning {
+    fn drop(&mut self) {
+        let up = || {
+            std::process::Command::new("pg_isready")
+                .args(["-q", "-h", "127.0.0.1", "-p", "5432"])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        for _ in 0..30 {
+            if up() {
+                return;
+            }
+            let _ = pg_ctlcluster(&self.0, "start");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        report(&format!("PostgreSQL {} did not come back up", self.0));
+    }
+}
