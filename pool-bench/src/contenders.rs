@@ -1,0 +1,481 @@
+//! The pools under test, each at its cheapest honest setting: no health checks, warmed to
+//! its size before the window, no time-out that can fire, FIFO queueing where there is a
+//! choice. [`Contender::config`] prints exactly what each one is built with.
+
+use std::io;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::harness::{
+    run_async_std, run_smol, run_threads, run_tokio, AsyncPool, Conn, Sample, Spec, SyncPool,
+};
+
+/// Every pool the benchmark knows, in column order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Contender {
+    /// This pool on tokio.
+    PoolTokio,
+    /// This pool on async-std.
+    PoolAsyncStd,
+    /// This pool on smol.
+    PoolSmol,
+    /// bb8.
+    Bb8,
+    /// deadpool's managed pool.
+    DeadpoolManaged,
+    /// deadpool's unmanaged pool.
+    DeadpoolUnmanaged,
+    /// mobc.
+    Mobc,
+    /// qp.
+    Qp,
+    /// r2d2, driven by OS threads.
+    R2d2,
+    /// Floor: a tokio `Semaphore` and a `Mutex<Vec>`.
+    FloorSemaphore,
+    /// Floor: a lock-free `ArrayQueue` (only where workers <= size).
+    FloorArrayQueue,
+}
+
+impl Contender {
+    /// All of them, in column order.
+    pub const ALL: [Self; 11] = [
+        Self::PoolTokio,
+        Self::PoolAsyncStd,
+        Self::PoolSmol,
+        Self::Bb8,
+        Self::DeadpoolManaged,
+        Self::DeadpoolUnmanaged,
+        Self::Mobc,
+        Self::Qp,
+        Self::R2d2,
+        Self::FloorSemaphore,
+        Self::FloorArrayQueue,
+    ];
+
+    /// The column name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::PoolTokio => "pool/tokio",
+            Self::PoolAsyncStd => "pool/async-std",
+            Self::PoolSmol => "pool/smol",
+            Self::Bb8 => "bb8",
+            Self::DeadpoolManaged => "deadpool",
+            Self::DeadpoolUnmanaged => "deadpool-unmanaged",
+            Self::Mobc => "mobc",
+            Self::Qp => "qp",
+            Self::R2d2 => "r2d2",
+            Self::FloorSemaphore => "floor:semaphore",
+            Self::FloorArrayQueue => "floor:arrayqueue",
+        }
+    }
+
+    /// Looks a contender up by its column name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// Whether it is one of the peers (a crates.io pool), the candidates for "best peer".
+    pub fn is_peer(self) -> bool {
+        matches!(
+            self,
+            Self::Bb8
+                | Self::DeadpoolManaged
+                | Self::DeadpoolUnmanaged
+                | Self::Mobc
+                | Self::Qp
+                | Self::R2d2
+        )
+    }
+
+    /// Whether it is this pool (on any runtime).
+    pub fn is_ours(self) -> bool {
+        matches!(self, Self::PoolTokio | Self::PoolAsyncStd | Self::PoolSmol)
+    }
+
+    /// Whether it runs in a cell.
+    pub fn applies(self, workers: usize, size: usize) -> bool {
+        self != Self::FloorArrayQueue || workers <= size
+    }
+
+    /// How it is configured and driven, for the report.
+    pub fn config(self) -> &'static str {
+        match self {
+            Self::PoolTokio | Self::PoolAsyncStd | Self::PoolSmol => {
+                "pool-core 0.1 driver: max_size=size, acquire_timeout=None, \
+                 check_on_checkout=false, idle_timeout=None, max_lifetime=None, no leak \
+                 detection; `get()`"
+            }
+            Self::Bb8 => {
+                "bb8 0.9: max_size=size, min_idle=None, test_on_check_out=false, \
+                 idle_timeout=None, max_lifetime=None, connection_timeout=1h (never fires), \
+                 queue_strategy=Fifo; `get()`"
+            }
+            Self::DeadpoolManaged => {
+                "deadpool 0.13 managed: max_size=size, no timeouts, queue_mode=Fifo, \
+                 recycle = `Ok(())`; `get()`"
+            }
+            Self::DeadpoolUnmanaged => {
+                "deadpool 0.13 unmanaged: `Pool::from(vec of size conns)`, no timeout; `get()`"
+            }
+            Self::Mobc => {
+                "mobc 0.9: max_open=size, max_idle=size, get_timeout=None, \
+                 test_on_check_out=false, max_lifetime=None, max_idle_lifetime=None, \
+                 health_check_interval=None; `get()`"
+            }
+            Self::Qp => "qp 0.2: `Pool::new(manager, size)`; `acquire_unchecked()` (no validate)",
+            Self::R2d2 => {
+                "r2d2 0.8, one OS thread per worker: max_size=size, min_idle=None, \
+                 test_on_check_out=false, idle_timeout=None, max_lifetime=None, \
+                 connection_timeout=1h; `try_get()` then `get()`"
+            }
+            Self::FloorSemaphore => {
+                "tokio::sync::Semaphore(size) + std Mutex<Vec<Conn>>: acquire a permit, pop; \
+                 push back, release the permit"
+            }
+            Self::FloorArrayQueue => {
+                "crossbeam ArrayQueue(size): pop (yield and retry if empty, which cannot \
+                 happen with workers <= size), push back"
+            }
+        }
+    }
+
+    /// Runs one measurement of this contender.
+    pub fn measure(self, spec: &Spec) -> Sample {
+        let size = spec.size;
+        match self {
+            Self::PoolTokio => run_tokio(spec, || async move {
+                ours(pool_tokio::Pool::builder(Fake), size).map(Ours)
+            }),
+            Self::PoolAsyncStd => run_async_std(spec, || async move {
+                ours(pool_async_std::Pool::builder(Fake), size).map(Ours)
+            }),
+            Self::PoolSmol => run_smol(spec, || async move {
+                ours(pool_smol::Pool::builder(Fake), size).map(Ours)
+            }),
+            Self::Bb8 => run_tokio(spec, || async move {
+                bb8::Pool::builder()
+                    .max_size(size as u32)
+                    .min_idle(None)
+                    .test_on_check_out(false)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .connection_timeout(Duration::from_secs(3600))
+                    .queue_strategy(bb8::QueueStrategy::Fifo)
+                    .build(Fake)
+                    .await
+                    .map(Bb8)
+                    .map_err(|e| e.to_string())
+            }),
+            Self::DeadpoolManaged => run_tokio(spec, || async move {
+                deadpool::managed::Pool::builder(Fake)
+                    .max_size(size)
+                    .queue_mode(deadpool::managed::QueueMode::Fifo)
+                    .build()
+                    .map(DeadpoolManaged)
+                    .map_err(|e| e.to_string())
+            }),
+            Self::DeadpoolUnmanaged => run_tokio(spec, || async move {
+                let conns: Vec<Conn> = (0..size).map(|_| Conn::default()).collect();
+                Ok(DeadpoolUnmanaged(deadpool::unmanaged::Pool::from(conns)))
+            }),
+            Self::Mobc => run_tokio(spec, || async move {
+                Ok(Mobc(
+                    mobc::Pool::builder()
+                        .max_open(size as u64)
+                        .max_idle(size as u64)
+                        .get_timeout(None)
+                        .test_on_check_out(false)
+                        .max_lifetime(None)
+                        .max_idle_lifetime(None)
+                        .health_check_interval(None)
+                        .build(Fake),
+                ))
+            }),
+            Self::Qp => run_tokio(spec, || async move { Ok(Qp(qp::Pool::new(Fake, size))) }),
+            Self::R2d2 => run_threads(
+                spec,
+                r2d2::Pool::builder()
+                    .max_size(size as u32)
+                    .min_idle(None)
+                    .test_on_check_out(false)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .connection_timeout(Duration::from_secs(3600))
+                    .build(Fake)
+                    .map(R2d2)
+                    .map_err(|e| e.to_string()),
+            ),
+            Self::FloorSemaphore => run_tokio(spec, || async move {
+                Ok(FloorSemaphore {
+                    permits: tokio::sync::Semaphore::new(size),
+                    conns: Mutex::new((0..size).map(|_| Conn::default()).collect()),
+                })
+            }),
+            Self::FloorArrayQueue => run_tokio(spec, || async move {
+                let queue = crossbeam_queue::ArrayQueue::new(size);
+                for _ in 0..size {
+                    let _ = queue.push(Conn::default());
+                }
+                Ok(FloorArrayQueue(queue))
+            }),
+        }
+    }
+}
+
+/// The one manager of fake connections, implementing every pool's manager trait.
+#[derive(Debug, Clone, Copy)]
+pub struct Fake;
+
+fn ours<R: pool_core::Runtime>(
+    builder: pool_core::Builder<Fake, R>,
+    size: usize,
+) -> Result<pool_core::Pool<Fake, R>, String> {
+    builder
+        .max_size(size)
+        .acquire_timeout(None)
+        .check_on_checkout(false, Duration::ZERO)
+        .idle_timeout(None)
+        .max_lifetime(None, Duration::ZERO)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+impl pool_core::Manager for Fake {
+    type Connection = Conn;
+    type Error = io::Error;
+    async fn connect(&self) -> Result<Conn, io::Error> {
+        Ok(Conn::default())
+    }
+}
+
+/// This pool, on runtime `R`.
+struct Ours<R: pool_core::Runtime>(pub pool_core::Pool<Fake, R>);
+
+impl<R: pool_core::Runtime> AsyncPool for Ours<R> {
+    type Guard<'a> = pool_core::PooledConnection<Fake, R>;
+    async fn acquire(&self) -> Result<Self::Guard<'_>, String> {
+        self.0.get().await.map_err(|e| e.to_string())
+    }
+}
+
+impl bb8::ManageConnection for Fake {
+    type Connection = Conn;
+    type Error = io::Error;
+    async fn connect(&self) -> Result<Conn, io::Error> {
+        Ok(Conn::default())
+    }
+    async fn is_valid(&self, _: &mut Conn) -> Result<(), io::Error> {
+        Ok(())
+    }
+    fn has_broken(&self, _: &mut Conn) -> bool {
+        false
+    }
+}
+
+struct Bb8(bb8::Pool<Fake>);
+
+impl AsyncPool for Bb8 {
+    type Guard<'a> = bb8::PooledConnection<'a, Fake>;
+    async fn acquire(&self) -> Result<Self::Guard<'_>, String> {
+        self.0.get().await.map_err(|e| e.to_string())
+    }
+}
+
+impl deadpool::managed::Manager for Fake {
+    type Type = Conn;
+    type Error = io::Error;
+    async fn create(&self) -> Result<Conn, io::Error> {
+        Ok(Conn::default())
+    }
+    async fn recycle(
+        &self,
+        _: &mut Conn,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<io::Error> {
+        Ok(())
+    }
+}
+
+struct DeadpoolManaged(deadpool::managed::Pool<Fake>);
+
+impl AsyncPool for DeadpoolManaged {
+    type Guard<'a> = deadpool::managed::Object<Fake>;
+    async fn acquire(&self) -> Result<Self::Guard<'_>, String> {
+        self.0.get().await.map_err(|e| e.to_string())
+    }
+}
+
+struct DeadpoolUnmanaged(deadpool::unmanaged::Pool<Conn>);
+
+impl AsyncPool for DeadpoolUnmanaged {
+    type Guard<'a> = deadpool::unmanaged::Object<Conn>;
+    async fn acquire(&self) -> Result<Self::Guard<'_>, String> {
+        self.0.get().await.map_err(|e| e.to_string())
+    }
+}
+
+#[mobc::async_trait]
+impl mobc::Manager for Fake {
+    type Connection = Conn;
+    type Error = io::Error;
+    async fn connect(&self) -> Result<Conn, io::Error> {
+        Ok(Conn::default())
+    }
+    async fn check(&self, conn: Conn) -> Result<Conn, io::Error> {
+        Ok(conn)
+    }
+}
+
+struct Mobc(mobc::Pool<Fake>);
+
+impl AsyncPool for Mobc {
+    type Guard<'a> = mobc::Connection<Fake>;
+    async fn acquire(&self) -> Result<Self::Guard<'_>, String> {
+        self.0.get().await.map_err(|e| e.to_string())
+    }
+}
+
+#[qp::async_trait]
+impl qp::resource::Manage for Fake {
+    type Output = Conn;
+    type Error = io::Error;
+    async fn try_create(&self) -> Result<Conn, io::Error> {
+        Ok(Conn::default())
+    }
+}
+
+struct Qp(qp::Pool<Fake>);
+
+impl AsyncPool for Qp {
+    type Guard<'a> = qp::Pooled<'a, Fake>;
+    async fn acquire(&self) -> Result<Self::Guard<'_>, String> {
+        self.0.acquire_unchecked().await.map_err(|e| e.to_string())
+    }
+}
+
+impl r2d2::ManageConnection for Fake {
+    type Connection = Conn;
+    type Error = io::Error;
+    fn connect(&self) -> Result<Conn, io::Error> {
+        Ok(Conn::default())
+    }
+    fn is_valid(&self, _: &mut Conn) -> Result<(), io::Error> {
+        Ok(())
+    }
+    fn has_broken(&self, _: &mut Conn) -> bool {
+        false
+    }
+}
+
+struct R2d2(r2d2::Pool<Fake>);
+
+impl SyncPool for R2d2 {
+    type Guard<'a> = r2d2::PooledConnection<Fake>;
+    fn try_get(&self) -> Option<Self::Guard<'_>> {
+        self.0.try_get()
+    }
+    fn get(&self) -> Result<Self::Guard<'_>, String> {
+        self.0.get().map_err(|e| e.to_string())
+    }
+}
+
+struct FloorSemaphore {
+    permits: tokio::sync::Semaphore,
+    conns: Mutex<Vec<Conn>>,
+}
+
+/// The guard of [`Contender::FloorSemaphore`].
+struct SemGuard<'a> {
+    pool: &'a FloorSemaphore,
+    conn: Option<Conn>,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl std::ops::Deref for SemGuard<'_> {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        self.conn.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl std::ops::DerefMut for SemGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Conn {
+        self.conn.as_mut().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for SemGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let mut conns = self
+                .pool
+                .conns
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            conns.push(conn);
+        }
+    }
+}
+
+impl AsyncPool for FloorSemaphore {
+    type Guard<'a> = SemGuard<'a>;
+    async fn acquire(&self) -> Result<Self::Guard<'_>, String> {
+        let permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
+        let conn = self
+            .conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+            .ok_or("a permit without a connection")?;
+        Ok(SemGuard {
+            pool: self,
+            conn: Some(conn),
+            _permit: permit,
+        })
+    }
+}
+
+struct FloorArrayQueue(crossbeam_queue::ArrayQueue<Conn>);
+
+/// The guard of [`Contender::FloorArrayQueue`].
+struct QueueGuard<'a> {
+    queue: &'a crossbeam_queue::ArrayQueue<Conn>,
+    conn: Option<Conn>,
+}
+
+impl std::ops::Deref for QueueGuard<'_> {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        self.conn.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl std::ops::DerefMut for QueueGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Conn {
+        self.conn.as_mut().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for QueueGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let _ = self.queue.push(conn);
+        }
+    }
+}
+
+impl AsyncPool for FloorArrayQueue {
+    type Guard<'a> = QueueGuard<'a>;
+    async fn acquire(&self) -> Result<Self::Guard<'_>, String> {
+        loop {
+            if let Some(conn) = self.0.pop() {
+                return Ok(QueueGuard {
+                    queue: &self.0,
+                    conn: Some(conn),
+                });
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}

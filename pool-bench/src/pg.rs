@@ -1,0 +1,449 @@
+//! The PostgreSQL mode: `select 1` through tokio-postgres via every pool that has a
+//! tokio-postgres manager (this pool with the small manager below, bb8-postgres,
+//! deadpool-postgres, mobc-postgres, qp-postgres), plus a baseline of one dedicated client
+//! per worker and no pool at all. Each query is timed in three parts: the acquire, the query,
+//! the release (dropping the guard); the pool's overhead is acquire + release, reported per
+//! query and as a share of a 1 ms query (seed 002 measured 30 % for its patch there). A second
+//! run uses `select pg_sleep(0.001)`, a real 1 ms query.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls};
+
+use crate::harness::THREADS;
+use crate::stats::Histogram;
+use crate::Options;
+
+/// A tokio-postgres manager for this pool (pool-bench's own; no dependency on another crate).
+#[derive(Debug, Clone)]
+pub struct PgManager {
+    config: tokio_postgres::Config,
+}
+
+impl pool_core::Manager for PgManager {
+    type Connection = Client;
+    type Error = tokio_postgres::Error;
+
+    async fn connect(&self) -> Result<Client, tokio_postgres::Error> {
+        let (client, connection) = self.config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    fn has_broken(&self, conn: &mut Client) -> bool {
+        conn.is_closed()
+    }
+}
+
+/// The pools of the PostgreSQL mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PgPool {
+    NoPool,
+    Ours,
+    Bb8,
+    Deadpool,
+    Mobc,
+    Qp,
+}
+
+impl PgPool {
+    const ALL: [Self; 6] = [
+        Self::NoPool,
+        Self::Ours,
+        Self::Bb8,
+        Self::Deadpool,
+        Self::Mobc,
+        Self::Qp,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::NoPool => "no pool (a client per worker)",
+            Self::Ours => "pool/tokio",
+            Self::Bb8 => "bb8-postgres 0.9",
+            Self::Deadpool => "deadpool-postgres 0.14",
+            Self::Mobc => "mobc-postgres 0.9",
+            Self::Qp => "qp-postgres 0.1",
+        }
+    }
+
+    fn config(self) -> &'static str {
+        match self {
+            Self::NoPool => "each worker owns one client for the whole run",
+            Self::Ours => {
+                "max_size=size, acquire_timeout=None, check_on_checkout=false, \
+                 idle_timeout=None, max_lifetime=None; has_broken = is_closed"
+            }
+            Self::Bb8 => {
+                "max_size=size, test_on_check_out=false, idle_timeout=None, \
+                 max_lifetime=None, connection_timeout=1h"
+            }
+            Self::Deadpool => "max_size=size, RecyclingMethod::Fast (is_closed only)",
+            Self::Mobc => {
+                "max_open=size, max_idle=size, get_timeout=None, test_on_check_out=false, \
+                 max_lifetime=None, max_idle_lifetime=None"
+            }
+            Self::Qp => "qp_postgres::connect(config, NoTls, size); acquire_unchecked()",
+        }
+    }
+}
+
+/// What the workers of one run add up to.
+#[derive(Debug, Default)]
+struct Totals {
+    queries: u64,
+    acquire: Duration,
+    release: Duration,
+    query: Duration,
+    waits: Histogram,
+    errors: u64,
+    first_error: Option<String>,
+    /// Workers still waiting 2 s after the window: hung.
+    stuck: usize,
+}
+
+/// A pool of tokio-postgres clients the PostgreSQL mode can drive.
+trait PgSource: Send + Sync + 'static {
+    /// The guard of a lent client.
+    type Guard<'a>: Deref<Target = Client> + Send
+    where
+        Self: 'a;
+
+    /// Acquires a client; errors become messages.
+    fn get(&self) -> impl Future<Output = Result<Self::Guard<'_>, String>> + Send;
+}
+
+type Bb8Manager = bb8_postgres::PostgresConnectionManager<NoTls>;
+type MobcManager = mobc_postgres::PgConnectionManager<NoTls>;
+type QpManager = qp_postgres::PgConnManager<NoTls>;
+
+impl PgSource for pool_tokio::Pool<PgManager> {
+    type Guard<'a> = pool_tokio::PooledConnection<PgManager>;
+    async fn get(&self) -> Result<Self::Guard<'_>, String> {
+        pool_tokio::Pool::get(self).await.map_err(|e| e.to_string())
+    }
+}
+
+impl PgSource for bb8::Pool<Bb8Manager> {
+    type Guard<'a> = bb8::PooledConnection<'a, Bb8Manager>;
+    async fn get(&self) -> Result<Self::Guard<'_>, String> {
+        bb8::Pool::get(self).await.map_err(|e| e.to_string())
+    }
+}
+
+/// deadpool-postgres' guard derefs to a wrapper of the client; this derefs to the client.
+struct DeadpoolGuard(deadpool_postgres::Client);
+
+impl Deref for DeadpoolGuard {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.0
+    }
+}
+
+impl PgSource for deadpool_postgres::Pool {
+    type Guard<'a> = DeadpoolGuard;
+    async fn get(&self) -> Result<Self::Guard<'_>, String> {
+        deadpool_postgres::Pool::get(self)
+            .await
+            .map(DeadpoolGuard)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl PgSource for mobc::Pool<MobcManager> {
+    type Guard<'a> = mobc::Connection<MobcManager>;
+    async fn get(&self) -> Result<Self::Guard<'_>, String> {
+        mobc::Pool::get(self).await.map_err(|e| e.to_string())
+    }
+}
+
+impl PgSource for qp::Pool<QpManager> {
+    type Guard<'a> = qp::Pooled<'a, QpManager>;
+    async fn get(&self) -> Result<Self::Guard<'_>, String> {
+        self.acquire_unchecked().await.map_err(|e| e.to_string())
+    }
+}
+
+/// The no-pool baseline: a client owned by one worker; "acquiring" it is borrowing it.
+struct Owned(Client);
+
+impl PgSource for Owned {
+    type Guard<'a> = &'a Client;
+    async fn get(&self) -> Result<Self::Guard<'_>, String> {
+        Ok(&self.0)
+    }
+}
+
+/// One worker's loop: acquire, query, release, each timed, until `until`.
+async fn work<P: PgSource>(
+    pool: Arc<P>,
+    sql: &'static str,
+    until: Instant,
+    totals: Arc<Mutex<Totals>>,
+) {
+    let mut t = Totals::default();
+    while Instant::now() < until {
+        let t0 = Instant::now();
+        let got = pool.get().await;
+        let t1 = Instant::now();
+        let conn = match got {
+            Ok(conn) => conn,
+            Err(e) => {
+                t.errors += 1;
+                t.first_error.get_or_insert(e);
+                break;
+            }
+        };
+        let result = conn.simple_query(sql).await;
+        let t2 = Instant::now();
+        drop(conn);
+        let t3 = Instant::now();
+        if let Err(e) = result {
+            t.errors += 1;
+            t.first_error.get_or_insert_with(|| e.to_string());
+            break;
+        }
+        t.queries += 1;
+        t.acquire += t1 - t0;
+        t.query += t2 - t1;
+        t.release += t3 - t2;
+        t.waits.record((t1 - t0).as_nanos() as u64);
+    }
+    let mut all = totals.lock().unwrap_or_else(PoisonError::into_inner);
+    all.queries += t.queries;
+    all.acquire += t.acquire;
+    all.query += t.query;
+    all.release += t.release;
+    all.waits.merge(&t.waits);
+    all.errors += t.errors;
+    if all.first_error.is_none() {
+        all.first_error = t.first_error;
+    }
+}
+
+/// Warms the pools up (`size` clients held at once, then given back), runs one worker per
+/// pool in `pools` (all the same pool, or one each) until the window ends, adds them up.
+async fn drive<P: PgSource>(
+    pools: Vec<Arc<P>>,
+    size: usize,
+    sql: &'static str,
+    window: Duration,
+) -> Result<Totals, String> {
+    if let Some(pool) = pools.first() {
+        let mut held = Vec::with_capacity(size);
+        for _ in 0..size {
+            held.push(pool.get().await?);
+        }
+    }
+    let totals = Arc::new(Mutex::new(Totals::default()));
+    let until = Instant::now() + window;
+    let handles: Vec<_> = pools
+        .into_iter()
+        .map(|pool| tokio::spawn(work(pool, sql, until, Arc::clone(&totals))))
+        .collect();
+    let mut stuck = 0;
+    let grace = tokio::time::Instant::from_std(until + Duration::from_secs(2));
+    for h in handles {
+        let abort = h.abort_handle();
+        if tokio::time::timeout_at(grace, h).await.is_err() {
+            abort.abort();
+            stuck += 1;
+        }
+    }
+    let mut t = totals.lock().unwrap_or_else(PoisonError::into_inner);
+    t.stuck = stuck;
+    Ok(std::mem::take(&mut *t))
+}
+
+async fn run_one(
+    which: PgPool,
+    config: &tokio_postgres::Config,
+    workers: usize,
+    size: usize,
+    sql: &'static str,
+    window: Duration,
+) -> Result<Totals, String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let hour = Duration::from_secs(3600);
+    match which {
+        PgPool::NoPool => {
+            let mut owned = Vec::new();
+            for _ in 0..workers {
+                let (client, connection) = config.connect(NoTls).await.map_err(|e| err(&e))?;
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                owned.push(Arc::new(Owned(client)));
+            }
+            drive(owned, 0, sql, window).await
+        }
+        PgPool::Ours => {
+            let pool = pool_tokio::Pool::builder(PgManager {
+                config: config.clone(),
+            })
+            .max_size(size)
+            .acquire_timeout(None)
+            .check_on_checkout(false, Duration::ZERO)
+            .idle_timeout(None)
+            .max_lifetime(None, Duration::ZERO)
+            .build()
+            .map_err(|e| err(&e))?;
+            drive(repeat(pool, workers), size, sql, window).await
+        }
+        PgPool::Bb8 => {
+            let manager = bb8_postgres::PostgresConnectionManager::new(config.clone(), NoTls);
+            let pool = bb8::Pool::builder()
+                .max_size(size as u32)
+                .test_on_check_out(false)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connection_timeout(hour)
+                .build(manager)
+                .await
+                .map_err(|e| err(&e))?;
+            drive(repeat(pool, workers), size, sql, window).await
+        }
+        PgPool::Deadpool => {
+            let manager = deadpool_postgres::Manager::from_config(
+                config.clone(),
+                NoTls,
+                deadpool_postgres::ManagerConfig {
+                    recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+                },
+            );
+            let pool = deadpool_postgres::Pool::builder(manager)
+                .max_size(size)
+                .build()
+                .map_err(|e| err(&e))?;
+            drive(repeat(pool, workers), size, sql, window).await
+        }
+        PgPool::Mobc => {
+            let manager = mobc_postgres::PgConnectionManager::new(config.clone(), NoTls);
+            let pool = mobc::Pool::builder()
+                .max_open(size as u64)
+                .max_idle(size as u64)
+                .get_timeout(None)
+                .test_on_check_out(false)
+                .max_lifetime(None)
+                .max_idle_lifetime(None)
+                .build(manager);
+            drive(repeat(pool, workers), size, sql, window).await
+        }
+        PgPool::Qp => {
+            let pool = qp_postgres::connect(config.clone(), NoTls, size);
+            drive(repeat(pool, workers), size, sql, window).await
+        }
+    }
+}
+
+/// `workers` handles of one pool.
+fn repeat<P>(pool: P, workers: usize) -> Vec<Arc<P>> {
+    let pool = Arc::new(pool);
+    (0..workers).map(|_| Arc::clone(&pool)).collect()
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Runs the PostgreSQL mode and returns its markdown report.
+///
+/// # Errors
+/// A message if the database cannot be reached.
+pub fn run(o: &Options) -> Result<String, String> {
+    let config: tokio_postgres::Config = o.pg_url.parse().map_err(|e| format!("{e}"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(THREADS)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let (client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| format!("cannot connect ({}): {e}", o.pg_url))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let version = client
+            .query_one("show server_version", &[])
+            .await
+            .map(|row| row.get::<_, String>(0))
+            .unwrap_or_default();
+        drop(client);
+        let window = if o.quick {
+            Duration::from_millis(400)
+        } else {
+            Duration::from_secs(2)
+        };
+        let size = 16;
+        let mut out = format!(
+            "## PostgreSQL mode\n\nPostgreSQL {version} at `{}`; tokio multi-thread runtime, \
+             {THREADS} workers; pool size {size}; {window:?} per run; each query timed as \
+             acquire + query + release, where *overhead* = acquire + release (mean per query). \
+             Configurations:\n\n",
+            o.pg_url
+        );
+        for p in PgPool::ALL {
+            let _ = writeln!(out, "- `{}`: {}", p.name(), p.config());
+        }
+        let runs: [(&'static str, &[usize]); 2] = [
+            ("select 1", &[1, 16, 64]),
+            ("select pg_sleep(0.001)", &[1, 16]),
+        ];
+        for (sql, workers_list) in runs {
+            let _ = writeln!(
+                out,
+                "\n### `{sql}`\n\n| workers | pool | queries/s | query µs (mean) | acquire µs \
+                 | release µs | overhead µs | overhead / 1 ms | overhead / this query | \
+                 acquire p99 µs | errors | hung workers |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+            );
+            for &workers in workers_list {
+                for p in PgPool::ALL {
+                    eprint!("\r\x1b[2KPostgreSQL: {sql}, {workers} workers, {}", p.name());
+                    let t = match run_one(p, &config, workers, size, sql, window).await {
+                        Ok(t) => t,
+                        Err(e) => {
+                            let _ = writeln!(out, "| {workers} | {} | failed: {e} |", p.name());
+                            continue;
+                        }
+                    };
+                    let n = t.queries.max(1) as f64;
+                    let overhead = (micros(t.acquire) + micros(t.release)) / n;
+                    let query = micros(t.query) / n;
+                    let _ = writeln!(
+                        out,
+                        "| {workers} | {} | {:.0} | {query:.1} | {:.2} | {:.2} | {overhead:.2} | \
+                         {:.2} % | {:.2} % | {:.1} | {} | {} |",
+                        p.name(),
+                        t.queries as f64 / window.as_secs_f64(),
+                        micros(t.acquire) / n,
+                        micros(t.release) / n,
+                        overhead / 1000.0 * 100.0,
+                        overhead / query * 100.0,
+                        micros(t.waits.quantile(0.99)),
+                        match &t.first_error {
+                            Some(e) => format!("{} ({e})", t.errors),
+                            None => t.errors.to_string(),
+                        },
+                        t.stuck
+                    );
+                }
+            }
+        }
+        eprintln!("\r\x1b[2KPostgreSQL mode done");
+        out.push_str(
+            "\nThe no-pool row's \"acquire\" and \"release\" borrow a client the worker owns: \
+             the floor of the timing itself. With workers > size, acquire includes waiting \
+             for a connection.\n",
+        );
+        Ok(out)
+    })
+}
