@@ -137,6 +137,8 @@ pub struct Stats {
     pub checks: AtomicUsize,
     /// Resets run.
     pub resets: AtomicUsize,
+    /// Connections with an id up to this one count as broken (the server closed them).
+    pub broken_upto: AtomicUsize,
 }
 
 /// A fake connection: counts itself alive until dropped.
@@ -217,6 +219,12 @@ impl<R: Runtime> Fake<R> {
         plan.needs_reset = true;
     }
 
+    /// Makes every connection opened so far count as broken, as if the server had closed
+    /// them while they sat idle.
+    pub fn break_existing(&self) {
+        self.stats.broken_upto.store(self.opened(), SeqCst);
+    }
+
     /// Connections alive now.
     pub fn live(&self) -> usize {
         self.stats.live.load(SeqCst)
@@ -266,7 +274,7 @@ impl<R: Runtime> Manager for Fake<R> {
     }
 
     fn has_broken(&self, conn: &mut FakeConn) -> bool {
-        conn.broken
+        conn.broken || conn.id <= self.stats.broken_upto.load(SeqCst)
     }
 
     fn needs_reset(&self, _conn: &FakeConn) -> bool {

@@ -43,6 +43,8 @@ macro_rules! conformance {
             interact_runs_blocking_work_and_returns_the_connection,
             detach_frees_the_slot,
             discard_closes_the_connection,
+            a_connection_broken_while_idle_is_never_lent,
+            tasks_acquiring_in_a_loop_let_others_run,
         );
     };
     (@tests $rt:ty, $block_on:path; $($name:ident),+ $(,)?) => {

@@ -742,8 +742,8 @@ pub async fn silent_address_is_bounded_by_the_connect_timeout_and_stalls_no_one<
     drop(black_hole);
 }
 
-/// The checkout check: a connection the server closed while it sat idle is found out and
-/// replaced before anyone is lent it.
+/// Checkout: a connection the server closed while it sat idle is found out and replaced
+/// before anyone is lent it.
 pub async fn checkout_check_replaces_a_connection_the_server_closed<R: PgRuntime>() {
     let Some(db) = Db::<R>::open("checkout_check_replaces_a_connection_the_server_closed").await
     else {
@@ -757,7 +757,9 @@ pub async fn checkout_check_replaces_a_connection_the_server_closed<R: PgRuntime
     let second = session_of(&pool).await;
     assert_ne!(first.pid, second.pid, "a new backend");
     let m = pool.metrics();
-    assert_eq!(m.checks_failed, 1, "{m:?}");
+    // Found out once: by the synchronous broken test on checkout when the connection task
+    // has already seen the socket close (the usual case), else by the check itself.
+    assert_eq!(m.closed.broken + m.checks_failed, 1, "{m:?}");
     assert_settled(&db, &pool).await;
 }
 

@@ -624,3 +624,69 @@ pub async fn discard_closes_the_connection<R: Runtime>() {
     assert_eq!(pool.metrics().closed.discarded, 1);
     assert_eq!(pool.status().size, 0);
 }
+
+/// A connection the manager can tell is broken (closed by the server while idle) is closed
+/// on checkout and replaced, never lent; `try_get` skips it too.
+pub async fn a_connection_broken_while_idle_is_never_lent<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(2));
+    let (a, b) = (
+        pool.get().await.expect("first"),
+        pool.get().await.expect("second"),
+    );
+    drop((a, b));
+    pool.manager().break_existing();
+    let conn = pool
+        .get_timeout(Duration::from_secs(2))
+        .await
+        .expect("a replacement");
+    assert_eq!(conn.id, 3, "both broken idle connections were passed over");
+    assert_eq!(pool.metrics().closed.broken, 2);
+    drop(conn);
+    pool.manager().break_existing();
+    assert!(
+        matches!(pool.try_get(), Err(Error::Exhausted(_))),
+        "try_get lends no broken one"
+    );
+    assert_settled(&rt, &pool).await;
+    assert_eq!(pool.metrics().closed.broken, 3);
+}
+
+/// Tasks that acquire from idle connections in a tight loop still yield now and then, on
+/// every runtime (tokio's budget, or the pool's own where the runtime has none), so no task
+/// sharing their threads is starved.
+pub async fn tasks_acquiring_in_a_loop_let_others_run<R: Runtime>() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(4));
+    let stop = Arc::new(AtomicBool::new(false));
+    let loopers: Vec<_> = (0..4)
+        .map(|_| {
+            let (pool, stop, cycles) =
+                (pool.clone(), Arc::clone(&stop), Arc::new(AtomicU64::new(0)));
+            let counter = Arc::clone(&cycles);
+            let task = rt.spawn(async move {
+                while !stop.load(Relaxed) {
+                    let mut conn = pool.get().await.expect("an idle connection");
+                    conn.dirty = !conn.dirty;
+                    counter.fetch_add(1, Relaxed);
+                }
+            });
+            (task, cycles)
+        })
+        .collect();
+    // Warm up (the first acquires wait for connects, which yields), then measure a window.
+    rt.sleep(Duration::from_millis(100)).await;
+    let before: Vec<u64> = loopers.iter().map(|(_, c)| c.load(Relaxed)).collect();
+    rt.sleep(Duration::from_millis(300)).await;
+    let after: Vec<u64> = loopers.iter().map(|(_, c)| c.load(Relaxed)).collect();
+    stop.store(true, Relaxed);
+    for (task, _) in loopers {
+        task.await.expect("the looper ended");
+    }
+    let progress: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert!(
+        progress.iter().all(|&n| n > 0),
+        "every looper made progress in the window: {progress:?}"
+    );
+}

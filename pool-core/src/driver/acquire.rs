@@ -15,7 +15,7 @@ use super::runtime::{Manager, Runtime};
 use super::shared::{ConnOf, Shared};
 use super::util::timeout;
 use super::Pool;
-use crate::machine::{AcquireError, Acquired, Lease, WaiterId};
+use crate::machine::{AcquireError, Acquired, Lease, Release, WaiterId};
 
 type Checking<M, R> = Pin<Box<dyn Future<Output = Option<PooledConnection<M, R>>> + Send>>;
 
@@ -72,7 +72,15 @@ impl<'a, M: Manager, R: Runtime> Acquire<'a, M, R> {
         // zero window the comparison is false whatever `now` is, so the check runs.
         let skip = !settings.check_on_checkout
             || now.saturating_duration_since(conn.last_used) < settings.check_bypass;
-        let guard = PooledConnection::new(Arc::clone(shared), lease, conn);
+        let mut guard = PooledConnection::new(Arc::clone(shared), lease, conn);
+        // Never lend a connection the manager can already tell is broken (the server closed
+        // it while it was idle): close it and acquire again. If this user code panics, the
+        // guard is dropped while unwinding, which closes the connection.
+        if shared.manager.has_broken(&mut guard) {
+            guard.close(Release::Broken);
+            self.stage = Stage::Start;
+            return None;
+        }
         if skip {
             return Some(guard);
         }

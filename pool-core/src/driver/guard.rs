@@ -62,6 +62,13 @@ impl<M: Manager, R: Runtime> PooledConnection<M, R> {
         conn.raw
     }
 
+    /// Gives the connection back now, as `how` says, whatever the manager would decide.
+    pub(crate) fn close(mut self, how: Release) {
+        if let Some((lease, conn)) = self.inner.take() {
+            release(&self.shared, lease, conn, how);
+        }
+    }
+
     fn conn(&self) -> &ConnOf<M> {
         match &self.inner {
             Some((_, conn)) => conn,

@@ -24,7 +24,7 @@ use std::time::Duration;
 pub use acquire::Acquire;
 pub use error::{BuildError, ConnectError, Error};
 pub use guard::PooledConnection;
-pub use runtime::{Manager, Runtime};
+pub use runtime::{fallback_budget, Manager, Runtime, FALLBACK_BUDGET};
 pub use shared::LeakReport;
 
 use crate::machine::{CloseReason, Config, ConfigError, Machine, Status};
@@ -82,18 +82,28 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
     /// [`Error::Exhausted`] with the pool's status if no connection is idle;
     /// [`Error::Closed`] after [`close`](Self::close).
     pub fn try_get(&self) -> Result<PooledConnection<M, R>, Error<M::Error>> {
-        let now = self.shared.now_if(self.shared.clock.on_acquire);
-        let outcome = self.shared.transition(|state| {
-            let outcome = state.machine.try_acquire(now);
-            if outcome.is_ok() {
-                state.metrics.acquired += 1;
+        loop {
+            let now = self.shared.now_if(self.shared.clock.on_acquire);
+            let outcome = self.shared.transition(|state| {
+                let outcome = state.machine.try_acquire(now);
+                if outcome.is_ok() {
+                    state.metrics.acquired += 1;
+                }
+                outcome
+            });
+            let (lease, conn) = match outcome {
+                Ok(leased) => leased,
+                Err(crate::machine::AcquireError::Exhausted(status)) => {
+                    return Err(Error::Exhausted(status))
+                }
+                Err(_) => return Err(Error::Closed),
+            };
+            let mut guard = PooledConnection::new(Arc::clone(&self.shared), lease, conn);
+            // As in `get`: a connection known to be broken is closed, never lent.
+            if !self.shared.manager.has_broken(&mut guard) {
+                return Ok(guard);
             }
-            outcome
-        });
-        match outcome {
-            Ok((lease, conn)) => Ok(PooledConnection::new(Arc::clone(&self.shared), lease, conn)),
-            Err(crate::machine::AcquireError::Exhausted(status)) => Err(Error::Exhausted(status)),
-            Err(_) => Err(Error::Closed),
+            guard.close(crate::machine::Release::Broken);
         }
     }
 

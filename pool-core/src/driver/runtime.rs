@@ -1,5 +1,6 @@
 //! What the driver needs from an async runtime, and what it needs from a connection type.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -38,13 +39,41 @@ pub trait Runtime: Clone + Send + Sync + 'static {
         Instant::now()
     }
 
-    /// Takes part in the runtime's cooperative budget, if it has one: `Pending` (with a wake
-    /// scheduled) when the task has used up its budget and should yield. The pool asks before
-    /// it takes a connection, never after, so it never yields while holding one.
+    /// Takes part in the runtime's cooperative budget: `Pending` (with a wake scheduled) when
+    /// the task has used up its budget and should yield. The pool asks before it takes a
+    /// connection, never after, so it never yields while holding one.
+    ///
+    /// The default, for runtimes without a budget of their own, is [`fallback_budget`]:
+    /// without it a task that acquires in a loop from idle connections would never yield,
+    /// and could starve every other task on its thread.
     fn poll_budget(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let _ = cx;
-        Poll::Ready(())
+        fallback_budget(cx)
     }
+}
+
+/// How many acquires a thread makes before [`fallback_budget`] yields once.
+pub const FALLBACK_BUDGET: u32 = 128;
+
+thread_local! {
+    /// Acquires on this thread since [`fallback_budget`] last yielded.
+    static SPENT: Cell<u32> = const { Cell::new(0) };
+}
+
+/// A cooperative budget for runtimes that have none: every [`FALLBACK_BUDGET`]th acquire on
+/// a thread yields once (it wakes its own task and returns `Pending`) before taking a
+/// connection. Tokio's own budget allows 128 operations per task poll; this is the same idea
+/// counted per thread, since a runtime-agnostic pool cannot see the task.
+pub fn fallback_budget(cx: &mut Context<'_>) -> Poll<()> {
+    SPENT.with(|spent| {
+        let n = spent.get() + 1;
+        if n < FALLBACK_BUDGET {
+            spent.set(n);
+            return Poll::Ready(());
+        }
+        spent.set(0);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
 }
 
 /// Opens, checks and resets connections of one kind.
