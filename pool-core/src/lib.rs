@@ -22,7 +22,7 @@ pub mod sim;
 /// `Builder<M>`, `PooledConnection<M>`) and re-exports what its users need, so every
 /// adapter offers the same surface.
 ///
-/// ```ignore
+/// ```text
 /// pool_core::adapter_types!(MyRuntime, "my runtime");
 /// ```
 #[macro_export]
