@@ -992,7 +992,10 @@ pub async fn cancelled_mid_query_next_borrower_does_not_wait<R: PgRuntime>() {
         waited < Duration::from_secs(1),
         "the next borrower did not wait for the abandoned query: {waited:?}"
     );
-    assert_eq!(pool.manager().stats().cancels, 1);
+    // One cancel request normally; on a loaded machine the first can reach the server before
+    // the query starts, and the manager sends another (at most 3).
+    let cancels = pool.manager().stats().cancels;
+    assert!((1..=3).contains(&cancels), "{cancels} cancel requests sent");
     assert_settled(&db, &pool).await;
 }
 
