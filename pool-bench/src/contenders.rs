@@ -179,19 +179,10 @@ impl Contender {
                 let conns: Vec<Conn> = (0..size).map(|_| Conn::default()).collect();
                 Ok(DeadpoolUnmanaged(deadpool::unmanaged::Pool::from(conns)))
             }),
-            Self::Mobc => run_tokio(spec, || async move {
-                Ok(Mobc(
-                    mobc::Pool::builder()
-                        .max_open(size as u64)
-                        .max_idle(size as u64)
-                        .get_timeout(None)
-                        .test_on_check_out(false)
-                        .max_lifetime(None)
-                        .max_idle_lifetime(None)
-                        .health_check_interval(None)
-                        .build(Fake),
-                ))
-            }),
+            Self::Mobc => run_tokio(
+                spec,
+                || async move { Ok(Mobc(mobc_builder(size).build(Fake))) },
+            ),
             Self::Qp => run_tokio(spec, || async move { Ok(Qp(qp::Pool::new(Fake, size))) }),
             Self::R2d2 => run_threads(
                 spec,
@@ -315,6 +306,19 @@ impl AsyncPool for DeadpoolUnmanaged {
     }
 }
 
+/// mobc at its cheapest honest setting, for the fake and the PostgreSQL managers alike: no
+/// time-outs, no checks, no lifetimes, no background health checks.
+pub(crate) fn mobc_builder<M: mobc::Manager>(size: usize) -> mobc::Builder<M> {
+    mobc::Pool::builder()
+        .max_open(size as u64)
+        .max_idle(size as u64)
+        .get_timeout(None)
+        .test_on_check_out(false)
+        .max_lifetime(None)
+        .max_idle_lifetime(None)
+        .health_check_interval(None)
+}
+
 #[mobc::async_trait]
 impl mobc::Manager for Fake {
     type Connection = Conn;
@@ -385,41 +389,57 @@ struct FloorSemaphore {
     conns: Mutex<Vec<Conn>>,
 }
 
-/// The guard of [`Contender::FloorSemaphore`].
-struct SemGuard<'a> {
-    pool: &'a FloorSemaphore,
-    conn: Option<Conn>,
-    _permit: tokio::sync::SemaphorePermit<'a>,
+/// Where a floor's guard puts its connection back.
+trait GiveBack {
+    fn give_back(&self, conn: Conn);
 }
 
-impl std::ops::Deref for SemGuard<'_> {
+impl GiveBack for FloorSemaphore {
+    fn give_back(&self, conn: Conn) {
+        self.conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(conn);
+    }
+}
+
+impl GiveBack for crossbeam_queue::ArrayQueue<Conn> {
+    fn give_back(&self, conn: Conn) {
+        let _ = self.push(conn);
+    }
+}
+
+/// The guard of both floors: the connection, what it goes back to, and (for the semaphore
+/// floor) the permit, released after the connection is back.
+struct FloorGuard<'a, P: GiveBack> {
+    pool: &'a P,
+    conn: Option<Conn>,
+    _permit: Option<tokio::sync::SemaphorePermit<'a>>,
+}
+
+impl<P: GiveBack> std::ops::Deref for FloorGuard<'_, P> {
     type Target = Conn;
     fn deref(&self) -> &Conn {
         self.conn.as_ref().unwrap_or_else(|| unreachable!())
     }
 }
 
-impl std::ops::DerefMut for SemGuard<'_> {
+impl<P: GiveBack> std::ops::DerefMut for FloorGuard<'_, P> {
     fn deref_mut(&mut self) -> &mut Conn {
         self.conn.as_mut().unwrap_or_else(|| unreachable!())
     }
 }
 
-impl Drop for SemGuard<'_> {
+impl<P: GiveBack> Drop for FloorGuard<'_, P> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            let mut conns = self
-                .pool
-                .conns
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            conns.push(conn);
+            self.pool.give_back(conn);
         }
     }
 }
 
 impl AsyncPool for FloorSemaphore {
-    type Guard<'a> = SemGuard<'a>;
+    type Guard<'a> = FloorGuard<'a, FloorSemaphore>;
     async fn acquire(&self) -> Result<Self::Guard<'_>, String> {
         let permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
         let conn = self
@@ -428,51 +448,25 @@ impl AsyncPool for FloorSemaphore {
             .unwrap_or_else(PoisonError::into_inner)
             .pop()
             .ok_or("a permit without a connection")?;
-        Ok(SemGuard {
+        Ok(FloorGuard {
             pool: self,
             conn: Some(conn),
-            _permit: permit,
+            _permit: Some(permit),
         })
     }
 }
 
 struct FloorArrayQueue(crossbeam_queue::ArrayQueue<Conn>);
 
-/// The guard of [`Contender::FloorArrayQueue`].
-struct QueueGuard<'a> {
-    queue: &'a crossbeam_queue::ArrayQueue<Conn>,
-    conn: Option<Conn>,
-}
-
-impl std::ops::Deref for QueueGuard<'_> {
-    type Target = Conn;
-    fn deref(&self) -> &Conn {
-        self.conn.as_ref().unwrap_or_else(|| unreachable!())
-    }
-}
-
-impl std::ops::DerefMut for QueueGuard<'_> {
-    fn deref_mut(&mut self) -> &mut Conn {
-        self.conn.as_mut().unwrap_or_else(|| unreachable!())
-    }
-}
-
-impl Drop for QueueGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            let _ = self.queue.push(conn);
-        }
-    }
-}
-
 impl AsyncPool for FloorArrayQueue {
-    type Guard<'a> = QueueGuard<'a>;
+    type Guard<'a> = FloorGuard<'a, crossbeam_queue::ArrayQueue<Conn>>;
     async fn acquire(&self) -> Result<Self::Guard<'_>, String> {
         loop {
             if let Some(conn) = self.0.pop() {
-                return Ok(QueueGuard {
-                    queue: &self.0,
+                return Ok(FloorGuard {
+                    pool: &self.0,
                     conn: Some(conn),
+                    _permit: None,
                 });
             }
             tokio::task::yield_now().await;

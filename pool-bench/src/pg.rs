@@ -87,7 +87,7 @@ impl PgPool {
             Self::Deadpool => "max_size=size, RecyclingMethod::Fast (is_closed only)",
             Self::Mobc => {
                 "max_open=size, max_idle=size, get_timeout=None, test_on_check_out=false, \
-                 max_lifetime=None, max_idle_lifetime=None"
+                 max_lifetime=None, max_idle_lifetime=None, health_check_interval=None"
             }
             Self::Qp => "qp_postgres::connect(config, NoTls, size); acquire_unchecked()",
         }
@@ -326,14 +326,7 @@ async fn run_one(
         }
         PgPool::Mobc => {
             let manager = mobc_postgres::PgConnectionManager::new(config.clone(), NoTls);
-            let pool = mobc::Pool::builder()
-                .max_open(size as u64)
-                .max_idle(size as u64)
-                .get_timeout(None)
-                .test_on_check_out(false)
-                .max_lifetime(None)
-                .max_idle_lifetime(None)
-                .build(manager);
+            let pool = crate::contenders::mobc_builder(size).build(manager);
             drive(repeat(pool, workers), size, sql, window).await
         }
         PgPool::Qp => {
