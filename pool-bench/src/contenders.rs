@@ -35,11 +35,14 @@ pub enum Contender {
     FloorSemaphore,
     /// Floor: a lock-free `ArrayQueue` (only where workers <= size).
     FloorArrayQueue,
+    /// Floor: the same `ArrayQueue`, taking part in tokio's cooperative budget before each
+    /// pop, as this pool does: the ceiling of any pool that respects the budget.
+    FloorArrayQueueBudget,
 }
 
 impl Contender {
     /// All of them, in column order.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::PoolTokio,
         Self::PoolAsyncStd,
         Self::PoolSmol,
@@ -51,6 +54,7 @@ impl Contender {
         Self::R2d2,
         Self::FloorSemaphore,
         Self::FloorArrayQueue,
+        Self::FloorArrayQueueBudget,
     ];
 
     /// The column name.
@@ -67,6 +71,7 @@ impl Contender {
             Self::R2d2 => "r2d2",
             Self::FloorSemaphore => "floor:semaphore",
             Self::FloorArrayQueue => "floor:arrayqueue",
+            Self::FloorArrayQueueBudget => "floor:arrayqueue+budget",
         }
     }
 
@@ -95,7 +100,7 @@ impl Contender {
 
     /// Whether it runs in a cell.
     pub fn applies(self, workers: usize, size: usize) -> bool {
-        self != Self::FloorArrayQueue || workers <= size
+        !matches!(self, Self::FloorArrayQueue | Self::FloorArrayQueueBudget) || workers <= size
     }
 
     /// How it is configured and driven, for the report.
@@ -136,6 +141,11 @@ impl Contender {
             Self::FloorArrayQueue => {
                 "crossbeam ArrayQueue(size): pop (yield and retry if empty, which cannot \
                  happen with workers <= size), push back"
+            }
+            Self::FloorArrayQueueBudget => {
+                "floor:arrayqueue, but each acquire first takes a unit of tokio's cooperative \
+                 budget (`tokio::task::coop::poll_proceed`), yielding when it is spent, as \
+                 pool/tokio does"
             }
         }
     }
@@ -203,12 +213,15 @@ impl Contender {
                     conns: Mutex::new((0..size).map(|_| Conn::default()).collect()),
                 })
             }),
-            Self::FloorArrayQueue => run_tokio(spec, || async move {
+            Self::FloorArrayQueue | Self::FloorArrayQueueBudget => run_tokio(spec, || async move {
                 let queue = crossbeam_queue::ArrayQueue::new(size);
                 for _ in 0..size {
                     let _ = queue.push(Conn::default());
                 }
-                Ok(FloorArrayQueue(queue))
+                Ok(FloorArrayQueue {
+                    queue,
+                    budget: self == Self::FloorArrayQueueBudget,
+                })
             }),
         }
     }
@@ -456,15 +469,25 @@ impl AsyncPool for FloorSemaphore {
     }
 }
 
-struct FloorArrayQueue(crossbeam_queue::ArrayQueue<Conn>);
+struct FloorArrayQueue {
+    queue: crossbeam_queue::ArrayQueue<Conn>,
+    /// Take a unit of tokio's cooperative budget before each pop.
+    budget: bool,
+}
 
 impl AsyncPool for FloorArrayQueue {
     type Guard<'a> = FloorGuard<'a, crossbeam_queue::ArrayQueue<Conn>>;
     async fn acquire(&self) -> Result<Self::Guard<'_>, String> {
+        if self.budget {
+            std::future::poll_fn(|cx| {
+                tokio::task::coop::poll_proceed(cx).map(|restore| restore.made_progress())
+            })
+            .await;
+        }
         loop {
-            if let Some(conn) = self.0.pop() {
+            if let Some(conn) = self.queue.pop() {
                 return Ok(FloorGuard {
-                    pool: &self.0,
+                    pool: &self.queue,
                     conn: Some(conn),
                     _permit: None,
                 });

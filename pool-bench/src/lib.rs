@@ -38,7 +38,8 @@ USAGE: pool-bench [OPTIONS]
   --cycles LIST         touch,yield (default both)
   --pools LIST          column names to run (default all): pool/tokio, pool/async-std,
                         pool/smol, bb8, deadpool, deadpool-unmanaged, mobc, qp, r2d2,
-                        floor:semaphore, floor:arrayqueue
+                        floor:semaphore, floor:arrayqueue,
+                        floor:arrayqueue+budget
   --out DIR             where results.csv and chart.svg go (default target/pool-bench)
   --pg                  also run the PostgreSQL mode (select 1 through tokio-postgres)
   --pg-only             only the PostgreSQL mode

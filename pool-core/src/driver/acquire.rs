@@ -131,36 +131,27 @@ impl<M: Manager, R: Runtime> Future for Acquire<'_, M, R> {
                     // last transition left none idle, go there directly.
                     if !shared.clock.on_acquire && shared.idle_hint.load(Ordering::Relaxed) {
                         let epoch = shared.clock.epoch;
+                        // Only a lease leaves the lock: a miss (none idle after all, or
+                        // closed) takes the full path below, which reports it.
                         let fast = shared.transition(|state| {
-                            let outcome = state.machine.try_acquire(epoch);
-                            match outcome {
-                                Ok(leased) => {
-                                    state.metrics.acquired += 1;
-                                    Some(Ok(leased))
-                                }
-                                Err(AcquireError::Exhausted(_)) => None,
-                                Err(e) => Some(Err(e)),
+                            let leased = state.machine.try_acquire(epoch).ok();
+                            if leased.is_some() {
+                                state.metrics.acquired += 1;
                             }
+                            leased
                         });
-                        match fast {
-                            Some(Ok((lease, conn))) => {
-                                if let Some(guard) = this.got(lease, conn, epoch) {
-                                    this.stage = Stage::Done;
-                                    return Poll::Ready(Ok(guard));
-                                }
-                                // A checkout check started: the deadline runs from now, as it
-                                // would have from the clock read of the full acquire.
-                                if this.deadline.is_none() {
-                                    let now = shared.runtime.now();
-                                    this.deadline = this.timeout.and_then(|t| now.checked_add(t));
-                                }
-                                continue;
-                            }
-                            Some(Err(e)) => {
+                        if let Some((lease, conn)) = fast {
+                            if let Some(guard) = this.got(lease, conn, epoch) {
                                 this.stage = Stage::Done;
-                                return Poll::Ready(Err(convert(e)));
+                                return Poll::Ready(Ok(guard));
                             }
-                            None => {}
+                            // A checkout check started: the deadline runs from now, as it
+                            // would have from the clock read of the full acquire.
+                            if this.deadline.is_none() {
+                                let now = shared.runtime.now();
+                                this.deadline = this.timeout.and_then(|t| now.checked_add(t));
+                            }
+                            continue;
                         }
                     }
                     let now = shared.runtime.now();

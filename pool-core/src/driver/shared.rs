@@ -297,8 +297,11 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
     pub(crate) fn transition<T>(self: &Arc<Self>, f: impl FnOnce(&mut State<M>) -> T) -> T {
         let mut state = self.lock();
         let out = f(&mut state);
-        self.idle_hint
-            .store(state.machine.status().idle > 0, Ordering::Relaxed);
+        // Written only when it changes, so readers on other threads keep their cached copy.
+        let idle = state.machine.status().idle > 0;
+        if self.idle_hint.load(Ordering::Relaxed) != idle {
+            self.idle_hint.store(idle, Ordering::Relaxed);
+        }
         let Some(first) = state.machine.poll_action() else {
             if state.rearm() {
                 drop(state);

@@ -388,6 +388,24 @@ impl<C, E> Machine<C, E> {
         let Some(index) = self.lease_slot(lease.id) else {
             return Err(Rejected { conn: Some(conn) });
         };
+        // The hot path: reused, nobody waiting, nothing to retire. The general path below
+        // reaches the same state through `dispatch`; this one skips its detour through
+        // `Opening` and its checks for waiters and closing.
+        if how == Release::Reuse
+            && self.queue.head.is_none()
+            && !self.closed
+            && self.live() <= self.config.max_size
+        {
+            let slot = &mut self.slots[index as usize];
+            if let SlotState::Leased { .. } = slot.state {
+                if slot.expires.is_none_or(|t| t > now) {
+                    slot.state = SlotState::Idle { conn, since: now };
+                    self.in_use -= 1;
+                    self.park_idle(index, now);
+                    return Ok(());
+                }
+            }
+        }
         match self.set_state(index, SlotState::Opening) {
             SlotState::Leased { .. } => match how {
                 Release::Reuse => self.dispatch(index, conn, now),
@@ -670,11 +688,29 @@ impl<C, E> Machine<C, E> {
                 self.replenish(Some(now));
                 continue;
             }
-            let SlotState::Idle { conn, .. } = self.set_state(index, SlotState::Opening) else {
-                // Only idle slots are in the idle deque.
-                continue;
+            let serial = self.serial();
+            let leased = SlotState::Leased {
+                lease: serial,
+                since: now,
+                leak_reported: false,
             };
-            return Some((self.lease(index, now), conn));
+            // Idle to leased in one step (the hot path of every acquire): only `in_use`
+            // changes, since idle connections are counted by the idle deque.
+            let slot = &mut self.slots[index as usize];
+            match std::mem::replace(&mut slot.state, leased) {
+                SlotState::Idle { conn, .. } => {
+                    self.in_use += 1;
+                    self.note_lease_deadlines(now);
+                    return Some((
+                        Lease {
+                            id: LeaseId { index, serial },
+                        },
+                        conn,
+                    ));
+                }
+                // Only idle slots are in the idle deque.
+                other => slot.state = other,
+            }
         }
         None
     }
@@ -690,16 +726,19 @@ impl<C, E> Machine<C, E> {
                 leak_reported: false,
             },
         );
-        for limit in [self.config.leak_threshold, self.config.reclaim_after]
-            .into_iter()
-            .flatten()
-        {
-            if let Some(t) = now.checked_add(limit) {
-                self.note_deadline(t);
-            }
-        }
+        self.note_lease_deadlines(now);
         Lease {
             id: LeaseId { index, serial },
+        }
+    }
+
+    /// Notes the leak and reclaim deadlines of a lease starting at `now`, if configured.
+    fn note_lease_deadlines(&mut self, now: Instant) {
+        if let Some(t) = self.config.leak_threshold.and_then(|d| now.checked_add(d)) {
+            self.note_deadline(t);
+        }
+        if let Some(t) = self.config.reclaim_after.and_then(|d| now.checked_add(d)) {
+            self.note_deadline(t);
         }
     }
 
@@ -724,31 +763,37 @@ impl<C, E> Machine<C, E> {
             self.resolve(waiter, WaiterState::Granted { slot: index });
         } else {
             self.set_state(index, SlotState::Idle { conn, since: now });
-            self.idle.push_back(index);
-            // Its lifetime was noted at connect, but a `handle_timeout` since then (while it
-            // was leased) recomputed the deadline without it: note it again now it is idle.
-            if let Some(expires) = self.slots[index as usize].expires {
-                self.note_deadline(expires);
-            }
-            if let Some(timeout) = self.config.idle_timeout {
-                let len = self.idle.len();
-                if len > self.config.min_idle {
-                    // Reaping starts with the oldest idle connection (the front), whose
-                    // deadline is the earliest; it may have been kept for `min_idle` until
-                    // now, with no deadline noted, so note its deadline, not this one's.
-                    let oldest = match self.idle.front() {
-                        Some(&i) if len > 1 => match self.slots.get(i as usize) {
-                            Some(Slot {
-                                state: SlotState::Idle { since, .. },
-                                ..
-                            }) => (*since).min(now),
-                            _ => now,
-                        },
+            self.park_idle(index, now);
+        }
+    }
+
+    /// Puts slot `index`, just set idle, at the back of the idle deque and notes the
+    /// deadlines it brings (its lifetime, the idle timeout of the oldest idle connection).
+    fn park_idle(&mut self, index: u32, now: Instant) {
+        self.idle.push_back(index);
+        // Its lifetime was noted at connect, but a `handle_timeout` since then (while it
+        // was leased) recomputed the deadline without it: note it again now it is idle.
+        if let Some(expires) = self.slots[index as usize].expires {
+            self.note_deadline(expires);
+        }
+        if let Some(timeout) = self.config.idle_timeout {
+            let len = self.idle.len();
+            if len > self.config.min_idle {
+                // Reaping starts with the oldest idle connection (the front), whose
+                // deadline is the earliest; it may have been kept for `min_idle` until
+                // now, with no deadline noted, so note its deadline, not this one's.
+                let oldest = match self.idle.front() {
+                    Some(&i) if len > 1 => match self.slots.get(i as usize) {
+                        Some(Slot {
+                            state: SlotState::Idle { since, .. },
+                            ..
+                        }) => (*since).min(now),
                         _ => now,
-                    };
-                    if let Some(t) = oldest.checked_add(timeout) {
-                        self.note_deadline(t);
-                    }
+                    },
+                    _ => now,
+                };
+                if let Some(t) = oldest.checked_add(timeout) {
+                    self.note_deadline(t);
                 }
             }
         }
