@@ -10,6 +10,10 @@
 //! - **backtraces**: the same, capturing a backtrace at every acquire (so a report can say
 //!   where the lease was taken).
 //!
+//! It also runs two OS threads, each on its own current-thread runtime, cycling through
+//! one shared lean pool of two connections, and prints their combined cycles per second:
+//! what contention between cores on the pool's shared state costs.
+//!
 //! Run with `cargo run --release -p pool-tokio --example cycle_cost`. An optional argument
 //! sets the cycles per measurement (default 1,000,000); under
 //! `valgrind --tool=callgrind` the difference between two counts gives the instructions
@@ -57,9 +61,9 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(async {
-        let threshold = Some(Duration::from_secs(60));
-        for round in 1..=3 {
+    let threshold = Some(Duration::from_secs(60));
+    for round in 1..=3 {
+        let (lean, defaults, leaks, traced) = rt.block_on(async {
             let lean = per_cycle(lean(), n).await;
             let defaults = per_cycle(pool_tokio::Pool::builder(Unit), n).await;
             let leaks = per_cycle(
@@ -72,10 +76,57 @@ fn main() {
                 (n / 40).max(1),
             )
             .await;
-            println!(
-                "round {round}: lean {lean:?}/cycle, defaults {defaults:?}/cycle, leak detection {leaks:?}/cycle, with backtraces {traced:?}/cycle ({:.0}x defaults)",
-                traced.as_secs_f64() / defaults.as_secs_f64()
-            );
+            (lean, defaults, leaks, traced)
+        });
+        println!(
+            "round {round}: lean {lean:?}/cycle, defaults {defaults:?}/cycle, leak detection {leaks:?}/cycle, with backtraces {traced:?}/cycle ({:.0}x defaults)",
+            traced.as_secs_f64() / defaults.as_secs_f64()
+        );
+        let two = contended(2, n);
+        println!(
+            "round {round}: two threads contending (lean, pool of 2): {:.2} M cycles/s",
+            two / 1e6
+        );
+    }
+}
+
+/// Cycles per second of `threads` OS threads, each on its own current-thread runtime,
+/// cycling through one shared pool of `threads` connections (so none ever waits): the cost
+/// of contention between cores on the pool's shared state.
+fn contended(threads: usize, n: u32) -> f64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let pool = rt.block_on(async {
+        let pool = lean()
+            .max_size(threads)
+            .build()
+            .expect("a valid configuration");
+        let mut held = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            held.push(pool.get().await.expect("warm"));
+        }
+        drop(held);
+        pool
+    });
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let pool = pool.clone();
+            s.spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async {
+                    for _ in 0..n {
+                        let mut conn = pool.get().await.expect("idle connection");
+                        *conn += 1;
+                    }
+                });
+            });
         }
     });
+    (threads as f64 * f64::from(n)) / start.elapsed().as_secs_f64()
 }
