@@ -87,7 +87,7 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
             let outcome = self.shared.transition(|state| {
                 let outcome = state.machine.try_acquire(now);
                 if outcome.is_ok() {
-                    state.metrics.acquired += 1;
+                    state.acquired += 1;
                 }
                 outcome
             });
@@ -154,7 +154,10 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
 
     /// The pool's cumulative counters.
     pub fn metrics(&self) -> Metrics {
-        self.shared.lock().metrics.clone()
+        let state = self.shared.lock();
+        let mut metrics = state.metrics.clone();
+        metrics.acquired = state.acquired;
+        metrics
     }
 
     /// Closes the pool: waiters fail with [`Error::Closed`], idle connections are closed
