@@ -257,7 +257,7 @@ impl pool_core::Manager for Fake {
 struct Ours<R: pool_core::Runtime>(pub pool_core::Pool<Fake, R>);
 
 impl<R: pool_core::Runtime> AsyncPool for Ours<R> {
-    type Guard<'a> = pool_core::PooledConnection<Fake, R>;
+    type Guard<'a> = pool_core::PooledConnection<'a, Fake, R>;
     async fn acquire(&self) -> Result<Self::Guard<'_>, String> {
         self.0.get().await.map_err(|e| e.to_string())
     }

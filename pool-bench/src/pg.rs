@@ -124,7 +124,7 @@ type MobcManager = mobc_postgres::PgConnectionManager<NoTls>;
 type QpManager = qp_postgres::PgConnManager<NoTls>;
 
 impl PgSource for pool_tokio::Pool<PgManager> {
-    type Guard<'a> = pool_tokio::PooledConnection<PgManager>;
+    type Guard<'a> = pool_tokio::PooledConnection<'a, PgManager>;
     async fn get(&self) -> Result<Self::Guard<'_>, String> {
         pool_tokio::Pool::get(self).await.map_err(|e| e.to_string())
     }

@@ -35,7 +35,7 @@ macro_rules! adapter_types {
         /// The builder of a [`Pool`].
         pub type Builder<M> = $crate::Builder<M, $runtime>;
         /// A connection lent by a [`Pool`].
-        pub type PooledConnection<M> = $crate::PooledConnection<M, $runtime>;
+        pub type PooledConnection<'a, M> = $crate::PooledConnection<'a, M, $runtime>;
         /// The future of [`Pool::get`].
         pub type Acquire<'a, M> = $crate::Acquire<'a, M, $runtime>;
     };

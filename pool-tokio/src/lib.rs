@@ -23,6 +23,8 @@
 //!     let conn = pool.get().await?; // a guard: derefs to the connection
 //!     assert_eq!(*conn, 0);
 //!     drop(conn); // back to the pool
+//!     let owned = pool.get_owned().await?; // a 'static guard, for a spawned task
+//!     assert_eq!(tokio::spawn(async move { *owned }).await?, 0);
 //!     let n = pool.with_connection(async |conn: &mut u32| *conn + 1).await?;
 //!     assert_eq!(n, 1);
 //!     println!("{}", pool.status()); // 0 of 4 in use, 1 idle, 0 opening, 0 waiting

@@ -43,6 +43,7 @@ macro_rules! conformance {
             interact_runs_blocking_work_and_returns_the_connection,
             detach_frees_the_slot,
             discard_closes_the_connection,
+            owned_guard_moves_into_a_task_and_comes_back,
             a_connection_broken_while_idle_is_never_lent,
             tasks_acquiring_in_a_loop_let_others_run,
         );

@@ -320,7 +320,7 @@ fn elsewhere(config: &Config, host: &str, port: u16) -> Config {
     other
 }
 
-async fn get<R: PgRuntime>(pool: &PgPool<R>) -> pool_core::PooledConnection<PgManager<R>, R> {
+async fn get<R: PgRuntime>(pool: &PgPool<R>) -> pool_core::PooledConnection<'_, PgManager<R>, R> {
     match pool.get_timeout(Duration::from_secs(10)).await {
         Ok(conn) => conn,
         Err(e) => panic!("a connection: {e}"),

@@ -615,6 +615,35 @@ pub async fn detach_frees_the_slot<R: Runtime>() {
     assert_settled(&rt, &pool).await;
 }
 
+/// A guard made `'static` (`get_owned`, `into_owned`) moves into a spawned task with its
+/// lease and comes back when dropped there; a waiter on the pool is then served with it.
+pub async fn owned_guard_moves_into_a_task_and_comes_back<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(1).acquire_timeout(None));
+    let owned = pool.get_owned().await.expect("a connection");
+    let lease = owned.lease_id();
+    let used = rt.spawn(async move {
+        let id = owned.id;
+        drop(owned);
+        id
+    });
+    // The pool is exhausted until the task drops the guard; this waits for it.
+    let next = pool.get().await.expect("the connection the task gave back");
+    assert_eq!(used.await.expect("the task ran"), 1);
+    assert_eq!(next.id, 1, "the same connection, returned by the task");
+    assert_ne!(next.lease_id(), lease, "a new lease");
+    let again = next.into_owned();
+    assert_eq!(pool.status().in_use, 1, "into_owned keeps the lease");
+    drop(again);
+    assert_eq!(pool.status().idle, 1);
+    assert_eq!(
+        pool.metrics().acquired,
+        2,
+        "into_owned is not another acquire"
+    );
+    assert_settled(&rt, &pool).await;
+}
+
 /// `discard` closes the connection instead of pooling it.
 pub async fn discard_closes_the_connection<R: Runtime>() {
     let rt = runtime::<R>();

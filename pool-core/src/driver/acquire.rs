@@ -17,12 +17,13 @@ use super::util::timeout;
 use super::Pool;
 use crate::machine::{AcquireError, Acquired, Lease, Release, WaiterId};
 
-type Checking<M, R> = Pin<Box<dyn Future<Output = Option<PooledConnection<M, R>>> + Send>>;
+type Checking<'a, M, R> =
+    Pin<Box<dyn Future<Output = Option<PooledConnection<'a, M, R>>> + Send + 'a>>;
 
-enum Stage<M: Manager, R: Runtime> {
+enum Stage<'a, M: Manager, R: Runtime> {
     Start,
     Waiting { waiter: WaiterId, since: Instant },
-    Checking(Checking<M, R>),
+    Checking(Checking<'a, M, R>),
     Done,
 }
 
@@ -39,7 +40,7 @@ pub struct Acquire<'a, M: Manager, R: Runtime> {
     timeout: Option<Duration>,
     deadline: Option<Instant>,
     backtrace: Option<Arc<Backtrace>>,
-    stage: Stage<M, R>,
+    stage: Stage<'a, M, R>,
 }
 
 impl<'a, M: Manager, R: Runtime> Acquire<'a, M, R> {
@@ -59,8 +60,8 @@ impl<'a, M: Manager, R: Runtime> Acquire<'a, M, R> {
         lease: Lease,
         conn: ConnOf<M>,
         now: Instant,
-    ) -> Option<PooledConnection<M, R>> {
-        let shared = &self.pool.shared;
+    ) -> Option<PooledConnection<'a, M, R>> {
+        let shared: &'a Arc<Shared<M, R>> = &self.pool.shared;
         if let Some(bt) = &self.backtrace {
             let old = shared
                 .lock()
@@ -72,7 +73,7 @@ impl<'a, M: Manager, R: Runtime> Acquire<'a, M, R> {
         // zero window the comparison is false whatever `now` is, so the check runs.
         let skip = !settings.check_on_checkout
             || now.saturating_duration_since(conn.last_used) < settings.check_bypass;
-        let mut guard = PooledConnection::new(Arc::clone(shared), lease, conn);
+        let mut guard = PooledConnection::new(shared, lease, conn);
         // Never lend a connection the manager can already tell is broken (the server closed
         // it while it was idle): close it and acquire again. If this user code panics, the
         // guard is dropped while unwinding, which closes the connection.
@@ -84,16 +85,16 @@ impl<'a, M: Manager, R: Runtime> Acquire<'a, M, R> {
         if skip {
             return Some(guard);
         }
-        self.stage = Stage::Checking(Box::pin(check(Arc::clone(shared), guard)));
+        self.stage = Stage::Checking(Box::pin(check(shared, guard)));
         None
     }
 }
 
 /// Runs the manager's checkout check; `None` (and the connection closed) if it fails.
-async fn check<M: Manager, R: Runtime>(
-    shared: Arc<Shared<M, R>>,
-    mut guard: PooledConnection<M, R>,
-) -> Option<PooledConnection<M, R>> {
+async fn check<'a, M: Manager, R: Runtime>(
+    shared: &'a Shared<M, R>,
+    mut guard: PooledConnection<'a, M, R>,
+) -> Option<PooledConnection<'a, M, R>> {
     // If this future is dropped mid-check, the connection's state is unknown: close it.
     guard.tainted = true;
     let limit = shared.settings.connect_timeout;
@@ -114,8 +115,8 @@ async fn check<M: Manager, R: Runtime>(
     }
 }
 
-impl<M: Manager, R: Runtime> Future for Acquire<'_, M, R> {
-    type Output = Result<PooledConnection<M, R>, Error<M::Error>>;
+impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
+    type Output = Result<PooledConnection<'a, M, R>, Error<M::Error>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();

@@ -16,20 +16,51 @@ use crate::machine::{Lease, LeaseId, Release};
 /// On drop the connection is checked with [`Manager::has_broken`] and, if the manager asks
 /// for it, reset in a spawned task before reuse. If the thread is panicking, or a checkout
 /// check was interrupted, the connection's state is unknown and it is closed instead.
-pub struct PooledConnection<M: Manager, R: Runtime> {
-    shared: Arc<Shared<M, R>>,
+///
+/// A guard from [`Pool::get`](super::Pool::get) borrows the pool (`'a`), so lending and
+/// returning it touch no reference count, a cache line that every thread using the pool
+/// would otherwise write twice per cycle. [`into_owned`](Self::into_owned) (or
+/// [`Pool::get_owned`](super::Pool::get_owned)) gives a `'static` guard that holds a
+/// handle of its own, to move into a spawned task.
+pub struct PooledConnection<'a, M: Manager, R: Runtime> {
+    lender: Lender<'a, M, R>,
     /// `Some` until the guard is dropped or detached.
     inner: Option<(Lease, ConnOf<M>)>,
     /// Close instead of reuse on drop.
     pub(crate) tainted: bool,
 }
 
-impl<M: Manager, R: Runtime> PooledConnection<M, R> {
-    pub(crate) fn new(shared: Arc<Shared<M, R>>, lease: Lease, conn: ConnOf<M>) -> Self {
+/// Where a guard gives its connection back: the pool it borrows, or a handle of its own.
+enum Lender<'a, M: Manager, R: Runtime> {
+    Borrowed(&'a Arc<Shared<M, R>>),
+    Owned(Arc<Shared<M, R>>),
+}
+
+impl<M: Manager, R: Runtime> Lender<'_, M, R> {
+    fn shared(&self) -> &Arc<Shared<M, R>> {
+        match self {
+            Self::Borrowed(shared) => shared,
+            Self::Owned(shared) => shared,
+        }
+    }
+}
+
+impl<'a, M: Manager, R: Runtime> PooledConnection<'a, M, R> {
+    pub(crate) fn new(shared: &'a Arc<Shared<M, R>>, lease: Lease, conn: ConnOf<M>) -> Self {
         Self {
-            shared,
+            lender: Lender::Borrowed(shared),
             inner: Some((lease, conn)),
             tainted: false,
+        }
+    }
+
+    /// The same lease as a `'static` guard, holding a pool handle of its own: for moving the
+    /// connection into a spawned task. Costs one reference-count increment.
+    pub fn into_owned(mut self) -> PooledConnection<'static, M, R> {
+        PooledConnection {
+            lender: Lender::Owned(Arc::clone(self.lender.shared())),
+            inner: self.inner.take(),
+            tainted: self.tainted,
         }
     }
 
@@ -54,8 +85,9 @@ impl<M: Manager, R: Runtime> PooledConnection<M, R> {
         let Some((lease, conn)) = self.inner.take() else {
             unreachable!("a live guard holds its lease")
         };
-        let now = self.shared.runtime.now();
-        let _ = self.shared.transition(|state| {
+        let shared = self.lender.shared();
+        let now = shared.runtime.now();
+        let _ = shared.transition(|state| {
             let bt = state.set_backtrace(lease.id(), None);
             (state.machine.detach(lease, now), bt)
         });
@@ -65,7 +97,7 @@ impl<M: Manager, R: Runtime> PooledConnection<M, R> {
     /// Gives the connection back now, as `how` says, whatever the manager would decide.
     pub(crate) fn close(mut self, how: Release) {
         if let Some((lease, conn)) = self.inner.take() {
-            release(&self.shared, lease, conn, how);
+            release(self.lender.shared(), lease, conn, how);
         }
     }
 
@@ -84,25 +116,25 @@ impl<M: Manager, R: Runtime> PooledConnection<M, R> {
     }
 }
 
-impl<M: Manager, R: Runtime> Deref for PooledConnection<M, R> {
+impl<M: Manager, R: Runtime> Deref for PooledConnection<'_, M, R> {
     type Target = M::Connection;
     fn deref(&self) -> &M::Connection {
         &self.conn().raw
     }
 }
 
-impl<M: Manager, R: Runtime> DerefMut for PooledConnection<M, R> {
+impl<M: Manager, R: Runtime> DerefMut for PooledConnection<'_, M, R> {
     fn deref_mut(&mut self) -> &mut M::Connection {
         &mut self.conn_mut().raw
     }
 }
 
-impl<M: Manager, R: Runtime> Drop for PooledConnection<M, R> {
+impl<M: Manager, R: Runtime> Drop for PooledConnection<'_, M, R> {
     fn drop(&mut self) {
         let Some((lease, mut conn)) = self.inner.take() else {
             return;
         };
-        let shared = &self.shared;
+        let shared = self.lender.shared();
         let how = if self.tainted || std::thread::panicking() {
             Release::Discard
         } else {
@@ -186,7 +218,7 @@ async fn reset<M: Manager, R: Runtime>(shared: Arc<Shared<M, R>>, lease: Lease, 
     }
 }
 
-impl<M: Manager, R: Runtime> fmt::Debug for PooledConnection<M, R>
+impl<M: Manager, R: Runtime> fmt::Debug for PooledConnection<'_, M, R>
 where
     M::Connection: fmt::Debug,
 {

@@ -76,12 +76,25 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
         Acquire::new(self, Some(timeout))
     }
 
+    /// Acquires a connection as [`get`](Self::get) does, as a `'static` guard that holds a
+    /// pool handle of its own (see [`PooledConnection::into_owned`]), for moving the
+    /// connection into a spawned task.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: see [`Acquire`].
+    pub async fn get_owned(&self) -> Result<PooledConnection<'static, M, R>, Error<M::Error>> {
+        Ok(self.get().await?.into_owned())
+    }
+
     /// Takes an idle connection if there is one, without waiting, checking or opening one.
     ///
     /// # Errors
     /// [`Error::Exhausted`] with the pool's status if no connection is idle;
     /// [`Error::Closed`] after [`close`](Self::close).
-    pub fn try_get(&self) -> Result<PooledConnection<M, R>, Error<M::Error>> {
+    pub fn try_get(&self) -> Result<PooledConnection<'_, M, R>, Error<M::Error>> {
         loop {
             let now = self.shared.now_if(self.shared.clock.on_acquire);
             let outcome = self.shared.transition(|state| {
@@ -98,7 +111,7 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
                 }
                 Err(_) => return Err(Error::Closed),
             };
-            let mut guard = PooledConnection::new(Arc::clone(&self.shared), lease, conn);
+            let mut guard = PooledConnection::new(&self.shared, lease, conn);
             // As in `get`: a connection known to be broken is closed, never lent.
             if !self.shared.manager.has_broken(&mut guard) {
                 return Ok(guard);
@@ -142,7 +155,7 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
         F: FnOnce(&mut M::Connection) -> T + Send + 'static,
         T: Send + 'static,
     {
-        let mut conn = self.get().await?;
+        let mut conn = self.get().await?.into_owned();
         let blocking = self.shared.runtime.spawn_blocking(move || f(&mut conn));
         Ok(blocking.await)
     }
