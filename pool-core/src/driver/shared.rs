@@ -4,7 +4,9 @@
 use std::backtrace::Backtrace;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Weak};
+
+use parking_lot::{Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
@@ -287,18 +289,14 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
         })
     }
 
-    /// The lock. No code under it panics, so poisoning carries no meaning here.
+    /// The lock (it does not poison: no code under it panics).
     pub(crate) fn lock(&self) -> MutexGuard<'_, State<M>> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock()
     }
 
     /// Non-blocking access for `Debug`.
     pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, State<M>>> {
-        match self.state.try_lock() {
-            Ok(guard) => Some(guard),
-            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        }
+        self.state.try_lock()
     }
 
     /// One transition: lock, let `f` change the machine, drain its actions, unlock, then act
