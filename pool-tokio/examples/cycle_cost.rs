@@ -82,12 +82,35 @@ fn main() {
             "round {round}: lean {lean:?}/cycle, defaults {defaults:?}/cycle, leak detection {leaks:?}/cycle, with backtraces {traced:?}/cycle ({:.0}x defaults)",
             traced.as_secs_f64() / defaults.as_secs_f64()
         );
+        let handoff = rt.block_on(hand_off(n));
+        println!("round {round}: hand-off between two tasks (lean, pool of 1): {handoff:?}/cycle");
         let two = contended(2, n);
         println!(
             "round {round}: two threads contending (lean, pool of 2): {:.2} M cycles/s",
             two / 1e6
         );
     }
+}
+
+/// Time per cycle of two tasks on one current-thread runtime sharing a lean pool of one
+/// connection: every release hands the connection to the other task, which was waiting,
+/// so each cycle is a wake, a task switch and three transitions (release with hand-off,
+/// take, and the next acquire joining the queue).
+async fn hand_off(n: u32) -> Duration {
+    let pool = lean().max_size(1).build().expect("a valid configuration");
+    drop(pool.get().await.expect("warm"));
+    let start = Instant::now();
+    let task = |pool: pool_tokio::Pool<Unit>| async move {
+        for _ in 0..n / 2 {
+            let mut conn = pool.get().await.expect("a connection");
+            *conn += 1;
+            // Hold it across a yield, so the other task queues behind.
+            tokio::task::yield_now().await;
+        }
+    };
+    let (a, b) = (tokio::spawn(task(pool.clone())), tokio::spawn(task(pool)));
+    let _ = (a.await, b.await);
+    start.elapsed() / n
 }
 
 /// Cycles per second of `threads` OS threads, each on its own current-thread runtime,

@@ -319,8 +319,33 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
             }
             return out;
         };
-        let mut deferred = Deferred::new();
-        state.collect(first, &mut deferred);
+        // A hand-off (a released connection granted to a waiter) wakes one task and does
+        // nothing else: it needs no list of deferred work either.
+        let deferred = match first {
+            Action::Wake { waiter } => {
+                let waker = state.unregister(waiter);
+                let Some(next) = state.machine.poll_action() else {
+                    let move_timer = state.rearm();
+                    drop(state);
+                    if let Some(waker) = waker {
+                        waker.wake();
+                    }
+                    if move_timer {
+                        self.timer.notify(1);
+                    }
+                    return out;
+                };
+                let mut deferred = Deferred::new();
+                deferred.wake = waker;
+                state.collect(next, &mut deferred);
+                deferred
+            }
+            first => {
+                let mut deferred = Deferred::new();
+                state.collect(first, &mut deferred);
+                deferred
+            }
+        };
         drop(state);
         self.act(deferred);
         out
