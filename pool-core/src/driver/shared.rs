@@ -304,7 +304,6 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
     ///
     /// The hot path (nothing to wake, open, close or report, no timer to move) unlocks and
     /// returns without building the list of deferred work.
-    #[inline]
     pub(crate) fn transition<T>(self: &Arc<Self>, f: impl FnOnce(&mut State<M>) -> T) -> T {
         let mut state = self.lock();
         let out = f(&mut state);
