@@ -137,7 +137,7 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                         let fast = shared.transition(|state| {
                             let leased = state.machine.try_acquire(epoch).ok();
                             if leased.is_some() {
-                                state.acquired += 1;
+                                state.metrics.acquired += 1;
                             }
                             leased
                         });
@@ -166,7 +166,7 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                     let outcome = shared.transition(|state| {
                         let outcome = state.machine.acquire(now, deadline);
                         match &outcome {
-                            Ok(Acquired::Ready(..)) => state.acquired += 1,
+                            Ok(Acquired::Ready(..)) => state.metrics.acquired += 1,
                             Ok(Acquired::Waiting(waiter)) => state.register(*waiter, cx.waker()),
                             Err(AcquireError::TimedOut(_)) => state.metrics.timed_out += 1,
                             Err(_) => {}
@@ -199,8 +199,8 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                             Ok(None) => state.register(waiter, cx.waker()),
                             Ok(Some(_)) => {
                                 let waited = now.saturating_duration_since(since);
-                                state.acquired += 1;
                                 let m = &mut state.metrics;
+                                m.acquired += 1;
                                 m.acquired_after_wait += 1;
                                 m.wait_total += waited;
                                 m.wait_max = m.wait_max.max(waited);

@@ -100,7 +100,7 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
             let outcome = self.shared.transition(|state| {
                 let outcome = state.machine.try_acquire(now);
                 if outcome.is_ok() {
-                    state.acquired += 1;
+                    state.metrics.acquired += 1;
                 }
                 outcome
             });
@@ -167,10 +167,7 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
 
     /// The pool's cumulative counters.
     pub fn metrics(&self) -> Metrics {
-        let state = self.shared.lock();
-        let mut metrics = state.metrics.clone();
-        metrics.acquired = state.acquired;
-        metrics
+        self.shared.lock().metrics.clone()
     }
 
     /// Closes the pool: waiters fail with [`Error::Closed`], idle connections are closed

@@ -5,12 +5,11 @@ use std::backtrace::Backtrace;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-
-use parking_lot::{Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use event_listener::Event;
+use parking_lot::{Mutex, MutexGuard};
 
 use super::error::ConnectError;
 use super::runtime::{Manager, Runtime};
@@ -111,13 +110,7 @@ impl Clock {
 }
 
 /// Everything behind the lock: the machine and what must change with it atomically.
-///
-/// `repr(C)` keeps the machine, whose hot fields come first, right after the lock word.
-#[repr(C)]
 pub(crate) struct State<M: Manager> {
-    /// [`Metrics::acquired`], kept here rather than in `metrics` since every acquire
-    /// writes it: beside the machine's hot fields it costs no extra cache line.
-    pub(crate) acquired: u64,
     pub(crate) machine: Machine<ConnOf<M>, ErrorOf<M>>,
     /// The waker of each waiting task, keyed by waiter index.
     wakers: Vec<Option<Waker>>,
@@ -125,14 +118,12 @@ pub(crate) struct State<M: Manager> {
     backtraces: Vec<Option<Arc<Backtrace>>>,
     /// The instant the maintenance task sleeps until.
     armed: Option<Instant>,
-    /// Every counter but `acquired`.
     pub(crate) metrics: Metrics,
 }
 
 impl<M: Manager> State<M> {
     pub(crate) fn new(machine: Machine<ConnOf<M>, ErrorOf<M>>) -> Self {
         Self {
-            acquired: 0,
             machine,
             wakers: Vec::new(),
             backtraces: Vec::new(),
@@ -255,19 +246,15 @@ impl<C> Deferred<C> {
 }
 
 /// What a pool's handles, guards and tasks share.
-///
-/// `repr(C)`: the hint, the lock word and the machine's hot fields follow the `Arc`'s
-/// counts, which every guard touches too, so a hot-path transition touches few cache lines.
-#[repr(C)]
 pub(crate) struct Shared<M: Manager, R: Runtime> {
-    /// Whether a connection was idle when the lock was last released: a hint (read without
-    /// the lock) that lets an acquire skip the clock-free attempt when it would fail anyway.
-    pub(crate) idle_hint: AtomicBool,
-    state: Mutex<State<M>>,
     pub(crate) manager: M,
     pub(crate) runtime: R,
     pub(crate) settings: Settings,
     pub(crate) clock: Clock,
+    /// Whether a connection was idle when the lock was last released: a hint (read without
+    /// the lock) that lets an acquire skip the clock-free attempt when it would fail anyway.
+    pub(crate) idle_hint: AtomicBool,
+    state: Mutex<State<M>>,
     /// Wakes the maintenance task when its deadline moves earlier (and when the pool goes).
     timer: Event,
     /// Notified once the pool has drained after close.

@@ -60,25 +60,21 @@ pub use types::{
 /// The pool state machine, generic over the connection `C` and the connect error `E`.
 ///
 /// See the [module documentation](self) for the calling protocol.
-// The fields every acquire and release touch come first, in this order (`repr(C)`), so a
-// hot-path transition touches few cache lines: under contention from several threads, each
-// line it touches is one more transfer between cores while the lock is held.
-#[repr(C)]
 pub struct Machine<C, E> {
-    /// Indices of idle slots; the back is the most recently used (handed out first).
-    idle: VecDeque<u32>,
-    in_use: usize,
-    opening: usize,
-    closing: usize,
-    next_serial: u64,
+    config: Config,
+    slots: Slab<Slot<C>>,
+    waiters: Slab<Waiter>,
     /// The FIFO of waiters still waiting, as an intrusive list through `waiters`.
     queue: Queue,
-    slots: Slab<Slot<C>>,
+    /// Indices of idle slots; the back is the most recently used (handed out first).
+    idle: VecDeque<u32>,
     actions: VecDeque<Action<C>>,
-    closed: bool,
-    config: Config,
-    waiters: Slab<Waiter>,
+    opening: usize,
+    in_use: usize,
+    closing: usize,
     abandoned: usize,
+    next_serial: u64,
+    closed: bool,
     drained_reported: bool,
     /// Consecutive failed connects since the last success.
     failures: u32,
