@@ -10,9 +10,11 @@
 //! - **backtraces**: the same, capturing a backtrace at every acquire (so a report can say
 //!   where the lease was taken).
 //!
-//! It also runs two OS threads, each on its own current-thread runtime, cycling through
-//! one shared lean pool of two connections, and prints their combined cycles per second:
-//! what contention between cores on the pool's shared state costs.
+//! It also times a hand-off between two tasks sharing a lean pool of one connection (each
+//! release goes to the other, waiting, task), and runs two OS threads, each on its own
+//! current-thread runtime, cycling through one shared lean pool of two connections, printing
+//! their combined cycles per second: what contention between cores on the pool's shared
+//! state costs.
 //!
 //! Run with `cargo run --release -p pool-tokio --example cycle_cost`. An optional argument
 //! sets the cycles per measurement (default 1,000,000); under
