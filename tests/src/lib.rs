@@ -46,6 +46,10 @@ macro_rules! conformance {
             owned_guard_moves_into_a_task_and_comes_back,
             a_connection_broken_while_idle_is_never_lent,
             tasks_acquiring_in_a_loop_let_others_run,
+            idle_connections_are_closed_after_the_idle_timeout,
+            connections_are_retired_at_their_max_lifetime,
+            shrinking_and_closing_close_idle_connections,
+            many_tasks_cycling_through_a_small_pool_lose_no_wake_up,
         );
     };
     (@tests $rt:ty, $block_on:path; $($name:ident),+ $(,)?) => {

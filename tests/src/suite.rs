@@ -719,3 +719,144 @@ pub async fn tasks_acquiring_in_a_loop_let_others_run<R: Runtime>() {
         "every looper made progress in the window: {progress:?}"
     );
 }
+
+/// Gives other tasks a turn: pending once, waking itself.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await;
+}
+
+/// Connections idle past the idle timeout are closed by the maintenance task, however they
+/// went back; one in steady use is not; a new one is opened on demand afterwards.
+pub async fn idle_connections_are_closed_after_the_idle_timeout<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(
+        builder(&rt)
+            .max_size(2)
+            .idle_timeout(Some(Duration::from_millis(300))),
+    );
+    // In use every few milliseconds for twice the idle timeout: never reaped.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(600) {
+        assert_eq!(pool.get().await.expect("a connection").id, 1);
+        rt.sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(pool.metrics().closed.idle_timeout, 0);
+    let (a, b) = (
+        pool.get().await.expect("one"),
+        pool.get().await.expect("two"),
+    );
+    drop((a, b));
+    assert_eq!(pool.status().idle, 2);
+    wait_until(&rt, || pool.metrics().closed.idle_timeout == 2).await;
+    assert_eq!(
+        pool.metrics().closed.idle_timeout,
+        2,
+        "both reaped: {:?}",
+        pool.status()
+    );
+    assert_settled(&rt, &pool).await;
+    assert_eq!(pool.status().size, 0);
+    assert_eq!(pool.get().await.expect("a new connection").id, 3);
+}
+
+/// A connection past its max lifetime is retired even while in constant use, and a fresh one
+/// takes its place.
+pub async fn connections_are_retired_at_their_max_lifetime<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(
+        builder(&rt)
+            .max_size(1)
+            .max_lifetime(Some(Duration::from_millis(100)), Duration::ZERO),
+    );
+    let start = Instant::now();
+    let mut id = 1;
+    while id == 1 && start.elapsed() < Duration::from_secs(3) {
+        id = pool.get().await.expect("a connection").id;
+        rt.sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(id, 2, "retired and replaced: {:?}", pool.status());
+    assert_eq!(pool.metrics().closed.max_lifetime, 1);
+    assert_settled(&rt, &pool).await;
+}
+
+/// Shrinking closes the surplus of idle connections at once, and closing the pool closes the
+/// rest: idle connections are the pool's to close, however they went back.
+pub async fn shrinking_and_closing_close_idle_connections<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(4));
+    let held: Vec<_> = join_all((0..4).map(|_| pool.get())).await;
+    drop(held);
+    assert_eq!(pool.status().idle, 4);
+    pool.set_max_size(1).expect("a valid size");
+    assert_settled(&rt, &pool).await;
+    let s = pool.status();
+    assert_eq!((s.size, s.idle), (1, 1), "one left: {s:?}");
+    assert_eq!(pool.metrics().closed.surplus, 3);
+    drop(pool.get().await.expect("the one left"));
+    pool.close();
+    let drained = pool.drained();
+    let limit = rt.sleep(Duration::from_secs(2));
+    futures::pin_mut!(drained, limit);
+    assert!(
+        matches!(select(drained, limit).await, Either::Left(_)),
+        "drained() resolved: {:?}",
+        pool.status()
+    );
+    assert_eq!(pool.manager().live(), 0);
+    assert_eq!(pool.metrics().closed.pool_closed, 1);
+}
+
+/// Many tasks on every worker thread cycle through a small pool, some yielding while they
+/// hold a connection: every acquire succeeds (no wake-up is lost between a release and a
+/// waiter queueing at the same moment), and afterwards every connection is idle and counted
+/// once.
+pub async fn many_tasks_cycling_through_a_small_pool_lose_no_wake_up<R: Runtime>() {
+    const TASKS: usize = 16;
+    const CYCLES: usize = 2_000;
+    let rt = runtime::<R>();
+    let pool = build(
+        builder(&rt)
+            .max_size(2)
+            .acquire_timeout(Some(Duration::from_secs(30))),
+    );
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let pool = pool.clone();
+            rt.spawn(async move {
+                for i in 0..CYCLES {
+                    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+                    conn.dirty = !conn.dirty;
+                    if (i + t) % 7 == 0 {
+                        yield_now().await;
+                    }
+                    drop(conn);
+                    if (i + t) % 5 == 0 {
+                        yield_now().await;
+                    }
+                }
+                Ok::<(), String>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await
+            .expect("the task ran")
+            .expect("every acquire succeeded");
+    }
+    assert_settled(&rt, &pool).await;
+    let s = pool.status();
+    assert_eq!((s.in_use, s.waiting), (0, 0), "nothing held: {s:?}");
+    assert_eq!(s.idle, s.size, "every connection idle: {s:?}");
+    let m = pool.metrics();
+    assert_eq!(m.acquired, (TASKS * CYCLES) as u64, "{m:?}");
+    assert_eq!(m.timed_out, 0);
+}
