@@ -4,7 +4,6 @@ use std::backtrace::Backtrace;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -126,34 +125,23 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                 Stage::Start => {
                     // Yield for the cooperative budget before taking a connection, never after.
                     ready!(shared.runtime.poll_budget(cx));
-                    // The hot path: lease an idle connection, reading the clock only if a
-                    // configured feature needs the time (see `Clock`). If none is idle, the
-                    // full acquire below reads the clock, since waiting needs it; when the
-                    // last transition left none idle, go there directly.
-                    if !shared.clock.on_acquire && shared.idle_hint.load(Ordering::Relaxed) {
-                        let epoch = shared.clock.epoch;
-                        // Only a lease leaves the lock: a miss (none idle after all, or
-                        // closed) takes the full path below, which reports it.
-                        let fast = shared.transition(|state| {
-                            let leased = state.machine.try_acquire(epoch).ok();
-                            if leased.is_some() {
-                                state.metrics.acquired += 1;
-                            }
-                            leased
-                        });
-                        if let Some((lease, conn)) = fast {
-                            if let Some(guard) = this.got(lease, conn, epoch) {
-                                this.stage = Stage::Done;
-                                return Poll::Ready(Ok(guard));
-                            }
-                            // A checkout check started: the deadline runs from now, as it
-                            // would have from the clock read of the full acquire.
-                            if this.deadline.is_none() {
-                                let now = shared.runtime.now();
-                                this.deadline = this.timeout.and_then(|t| now.checked_add(t));
-                            }
-                            continue;
+                    // The hot path: a connection parked in the return lane, lent without
+                    // the lock, reading the clock only if a configured feature needs the
+                    // time (see `Clock`). Otherwise the full acquire below, which reads the
+                    // clock, since waiting needs it.
+                    if let Some((lease, conn, now)) = shared.lend_parked() {
+                        if let Some(guard) = this.got(lease, conn, now) {
+                            this.stage = Stage::Done;
+                            return Poll::Ready(Ok(guard));
                         }
+                        // A checkout check started (or the connection was broken): the
+                        // deadline runs from now, as it would have from the clock read of the
+                        // full acquire.
+                        if this.deadline.is_none() {
+                            let now = shared.runtime.now();
+                            this.deadline = this.timeout.and_then(|t| now.checked_add(t));
+                        }
+                        continue;
                     }
                     let now = shared.runtime.now();
                     if this.deadline.is_none() {

@@ -65,6 +65,10 @@ impl<'a, M: Manager, R: Runtime> PooledConnection<'a, M, R> {
     }
 
     /// The id of this lease, as leak reports name it.
+    ///
+    /// Ids name leases as the machine counts them. Without leak detection or reclaim, a
+    /// connection given back while nobody waits and lent again straight from the return
+    /// lane (without the machine) keeps its lease, and so its id.
     pub fn lease_id(&self) -> LeaseId {
         match &self.inner {
             Some((lease, _)) => lease.id(),
@@ -159,7 +163,7 @@ impl<M: Manager, R: Runtime> Drop for PooledConnection<'_, M, R> {
     }
 }
 
-/// Hands a connection back to the machine.
+/// Hands a connection back to the pool.
 pub(crate) fn release<M: Manager, R: Runtime>(
     shared: &Arc<Shared<M, R>>,
     lease: Lease,
@@ -168,16 +172,7 @@ pub(crate) fn release<M: Manager, R: Runtime>(
 ) {
     let now = shared.now_if(shared.clock.on_release);
     conn.last_used = now;
-    let leftovers = shared.transition(|state| {
-        let bt = if shared.settings.leak_backtraces {
-            state.set_backtrace(lease.id(), None)
-        } else {
-            None
-        };
-        (state.machine.release(lease, conn, how, now).err(), bt)
-    });
-    // A rejected connection or a backtrace is dropped here, outside the lock.
-    drop(leftovers);
+    shared.release(lease, conn, how, now);
 }
 
 /// Resets a returned connection in the background, then releases it (closing it if the

@@ -3,16 +3,20 @@
 //! [`Pool`] is a cheap `Clone` handle. Acquiring returns a [`PooledConnection`] guard that
 //! gives the connection back when dropped. The machine lives behind one synchronous mutex
 //! held for exactly one transition: no `.await`, no user code, no waker call and no
-//! connection drop happen under it. Connects run in spawned tasks bounded by the connect
-//! timeout, so a cancelled acquirer never wastes one; one maintenance task per pool handles
-//! deadlines (acquire time-outs, idle reaping, lifetimes, leak detection, back-off) with a
-//! single timer.
+//! connection drop happen under it. A connection given back while nobody waits skips the
+//! lock both ways: it is parked in a lock-free return lane and lent from there by the next
+//! acquire (see the lane's documentation in `driver/lane.rs`; not used with leak detection
+//! or reclaim, which need the machine to see every checkout). Connects run in spawned tasks
+//! bounded by the connect timeout, so a cancelled acquirer never wastes one; one maintenance
+//! task per pool handles deadlines (acquire time-outs, idle reaping, lifetimes, leak
+//! detection, back-off, handing parked connections to the machine) with a single timer.
 //!
 //! The adapters (`pool-tokio`, `pool-async-std`, `pool-smol`) provide the [`Runtime`].
 
 mod acquire;
 mod error;
 mod guard;
+mod lane;
 mod runtime;
 mod shared;
 mod util;
@@ -96,20 +100,24 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
     /// [`Error::Closed`] after [`close`](Self::close).
     pub fn try_get(&self) -> Result<PooledConnection<'_, M, R>, Error<M::Error>> {
         loop {
-            let now = self.shared.now_if(self.shared.clock.on_acquire);
-            let outcome = self.shared.transition(|state| {
-                let outcome = state.machine.try_acquire(now);
-                if outcome.is_ok() {
-                    state.metrics.acquired += 1;
+            let (lease, conn) = match self.shared.lend_parked() {
+                Some((lease, conn, _)) => (lease, conn),
+                None => {
+                    let now = self.shared.now_if(self.shared.clock.on_acquire);
+                    let outcome = self.shared.transition(|state| {
+                        let outcome = state.machine.try_acquire(now);
+                        if outcome.is_ok() {
+                            state.metrics.acquired += 1;
+                        }
+                        outcome.map_err(|e| match e {
+                            crate::machine::AcquireError::Exhausted(_) => {
+                                Error::Exhausted(self.shared.status(state))
+                            }
+                            _ => Error::Closed,
+                        })
+                    });
+                    outcome?
                 }
-                outcome
-            });
-            let (lease, conn) = match outcome {
-                Ok(leased) => leased,
-                Err(crate::machine::AcquireError::Exhausted(status)) => {
-                    return Err(Error::Exhausted(status))
-                }
-                Err(_) => return Err(Error::Closed),
             };
             let mut guard = PooledConnection::new(&self.shared, lease, conn);
             // As in `get`: a connection known to be broken is closed, never lent.
@@ -162,12 +170,12 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
 
     /// The pool's counts right now.
     pub fn status(&self) -> Status {
-        self.shared.lock().machine.status()
+        self.shared.status(&self.shared.lock())
     }
 
     /// The pool's cumulative counters.
     pub fn metrics(&self) -> Metrics {
-        self.shared.lock().metrics.clone()
+        self.shared.metrics(&self.shared.lock())
     }
 
     /// Closes the pool: waiters fail with [`Error::Closed`], idle connections are closed
@@ -216,7 +224,7 @@ impl<M: Manager, R: Runtime> fmt::Debug for Pool<M, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut s = f.debug_struct("Pool");
         match self.shared.try_lock() {
-            Some(state) => s.field("status", &state.machine.status()),
+            Some(state) => s.field("status", &self.shared.status(&state)),
             None => s.field("status", &format_args!("<locked>")),
         };
         s.finish_non_exhaustive()

@@ -3,7 +3,6 @@
 
 use std::backtrace::Backtrace;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -12,10 +11,13 @@ use event_listener::Event;
 use parking_lot::{Mutex, MutexGuard};
 
 use super::error::ConnectError;
+use super::lane::Lane;
 use super::runtime::{Manager, Runtime};
 use super::util::{race, timeout};
 use super::Metrics;
-use crate::machine::{Action, CloseReason, Config, LeaseId, Machine, SlotId, WaiterId};
+use crate::machine::{
+    Action, CloseReason, Config, Lease, LeaseId, Machine, Release, SlotId, Status, WaiterId,
+};
 
 /// A pooled connection as the machine holds it.
 pub(crate) struct Conn<C> {
@@ -26,6 +28,8 @@ pub(crate) struct Conn<C> {
 
 pub(crate) type ErrorOf<M> = Arc<ConnectError<<M as Manager>::Error>>;
 pub(crate) type ConnOf<M> = Conn<<M as Manager>::Connection>;
+/// A connection parked in the return lane, with the lease the machine still counts.
+pub(crate) type Parked<M> = (Lease, ConnOf<M>);
 
 /// A lease held longer than the leak threshold.
 #[derive(Debug, Clone)]
@@ -90,6 +94,9 @@ pub(crate) struct Clock {
     pub(crate) on_acquire: bool,
     /// Giving a connection back needs the time.
     pub(crate) on_release: bool,
+    /// Lending a connection from the return lane needs the time (its lifetime, the check
+    /// bypass window; the machine, which would look at the rest, is not involved).
+    pub(crate) on_lane_acquire: bool,
     /// The instant passed where no configured feature reads it.
     pub(crate) epoch: Instant,
 }
@@ -104,6 +111,7 @@ impl Clock {
                 || config.min_idle > 0
                 || bypass,
             on_release: config.max_lifetime.is_some() || config.idle_timeout.is_some() || bypass,
+            on_lane_acquire: config.max_lifetime.is_some() || bypass,
             epoch,
         }
     }
@@ -119,6 +127,8 @@ pub(crate) struct State<M: Manager> {
     /// The instant the maintenance task sleeps until.
     armed: Option<Instant>,
     pub(crate) metrics: Metrics,
+    /// Connections the machine refused while under the lock, dropped after it.
+    rejected: Vec<ConnOf<M>>,
 }
 
 impl<M: Manager> State<M> {
@@ -129,6 +139,7 @@ impl<M: Manager> State<M> {
             backtraces: Vec::new(),
             armed: None,
             metrics: Metrics::default(),
+            rejected: Vec::new(),
         }
     }
 
@@ -228,6 +239,8 @@ pub(crate) struct Deferred<C> {
     reclaims: Vec<(LeaseId, Duration)>,
     move_timer: bool,
     drained: bool,
+    /// Connections the machine refused, dropped with the rest of this work.
+    rejected: Vec<Conn<C>>,
 }
 
 impl<C> Deferred<C> {
@@ -241,6 +254,7 @@ impl<C> Deferred<C> {
             reclaims: Vec::new(),
             move_timer: false,
             drained: false,
+            rejected: Vec::new(),
         }
     }
 }
@@ -251,9 +265,12 @@ pub(crate) struct Shared<M: Manager, R: Runtime> {
     pub(crate) runtime: R,
     pub(crate) settings: Settings,
     pub(crate) clock: Clock,
-    /// Whether a connection was idle when the lock was last released: a hint (read without
-    /// the lock) that lets an acquire skip the clock-free attempt when it would fail anyway.
-    pub(crate) idle_hint: AtomicBool,
+    /// Returned connections lent again without the lock (see [`Lane`]); `None` when leak
+    /// detection or reclaim needs the machine to see every checkout.
+    lane: Option<Lane<Parked<M>>>,
+    /// How often the maintenance task hands parked connections to the machine, so the
+    /// idle timeout and the lifetime apply to them: a quarter of the shorter of the two.
+    sweep: Option<Duration>,
     state: Mutex<State<M>>,
     /// Wakes the maintenance task when its deadline moves earlier (and when the pool goes).
     timer: Event,
@@ -263,13 +280,25 @@ pub(crate) struct Shared<M: Manager, R: Runtime> {
 
 impl<M: Manager, R: Runtime> Shared<M, R> {
     pub(crate) fn new(manager: M, runtime: R, settings: Settings, state: State<M>) -> Arc<Self> {
-        let clock = Clock::new(state.machine.config(), &settings, runtime.now());
+        let config = state.machine.config();
+        let clock = Clock::new(config, &settings, runtime.now());
+        let per_lease = config.leak_threshold.is_some()
+            || config.reclaim_after.is_some()
+            || settings.leak_backtraces;
+        let lane = (!per_lease).then(|| Lane::new(config.max_size));
+        let sweep = match (config.idle_timeout, config.max_lifetime) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+        .filter(|_| lane.is_some())
+        .map(|t| (t / 4).max(Duration::from_millis(1)));
         Arc::new(Self {
             manager,
             runtime,
             settings,
             clock,
-            idle_hint: AtomicBool::new(false),
+            lane,
+            sweep,
             state: Mutex::new(state),
             timer: Event::new(),
             drained: Event::new(),
@@ -294,45 +323,49 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
     pub(crate) fn transition<T>(self: &Arc<Self>, f: impl FnOnce(&mut State<M>) -> T) -> T {
         let mut state = self.lock();
         let out = f(&mut state);
-        // Written only when it changes, so readers on other threads keep their cached copy.
-        let idle = state.machine.status().idle > 0;
-        if self.idle_hint.load(Ordering::Relaxed) != idle {
-            self.idle_hint.store(idle, Ordering::Relaxed);
-        }
-        let Some(first) = state.machine.poll_action() else {
-            if state.rearm() {
-                drop(state);
-                self.timer.notify(1);
-            }
-            return out;
-        };
-        // A hand-off (a released connection granted to a waiter) wakes one task and does
-        // nothing else: it needs no list of deferred work either.
-        let deferred = match first {
-            Action::Wake { waiter } => {
-                let waker = state.unregister(waiter);
-                let Some(next) = state.machine.poll_action() else {
-                    let move_timer = state.rearm();
-                    drop(state);
-                    if let Some(waker) = waker {
-                        waker.wake();
-                    }
-                    if move_timer {
+        self.sync_lane(&mut state);
+        let first = state.machine.poll_action();
+        // The common cases build no list of deferred work: nothing to do but perhaps move
+        // the timer, or a hand-off (a released connection granted to a waiter), which wakes
+        // one task and does nothing else.
+        if state.rejected.is_empty() {
+            match first {
+                None => {
+                    if state.rearm() {
+                        drop(state);
                         self.timer.notify(1);
                     }
                     return out;
-                };
-                let mut deferred = Deferred::new();
-                deferred.wake = waker;
-                state.collect(next, &mut deferred);
-                deferred
+                }
+                Some(Action::Wake { waiter }) => {
+                    let waker = state.unregister(waiter);
+                    let Some(next) = state.machine.poll_action() else {
+                        let move_timer = state.rearm();
+                        drop(state);
+                        if let Some(waker) = waker {
+                            waker.wake();
+                        }
+                        if move_timer {
+                            self.timer.notify(1);
+                        }
+                        return out;
+                    };
+                    let mut deferred = Deferred::new();
+                    deferred.wake = waker;
+                    state.collect(next, &mut deferred);
+                    drop(state);
+                    self.act(deferred);
+                    return out;
+                }
+                Some(_) => {}
             }
-            first => {
-                let mut deferred = Deferred::new();
-                state.collect(first, &mut deferred);
-                deferred
-            }
-        };
+        }
+        let mut deferred = Deferred::new();
+        deferred.rejected = std::mem::take(&mut state.rejected);
+        match first {
+            Some(first) => state.collect(first, &mut deferred),
+            None => deferred.move_timer = state.rearm(),
+        }
         drop(state);
         self.act(deferred);
         out
@@ -346,6 +379,133 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
         } else {
             self.clock.epoch
         }
+    }
+
+    /// Lends a connection from the return lane, if it is open and holds one, with the
+    /// instant to take for "now" (the clock only if a configured feature needs it). One past
+    /// its lifetime goes to the machine, which retires it, and the next is tried.
+    #[inline]
+    pub(crate) fn lend_parked(self: &Arc<Self>) -> Option<(Lease, ConnOf<M>, Instant)> {
+        let lane = self.lane.as_ref()?;
+        loop {
+            let (lease, conn) = lane.take()?;
+            let now = self.now_if(self.clock.on_lane_acquire);
+            if lease.expires().is_some_and(|t| t <= now) {
+                self.release(lease, conn, Release::Reuse, now);
+                continue;
+            }
+            return Some((lease, conn, now));
+        }
+    }
+
+    /// Gives a connection back: parked in the return lane when the machine has nothing to
+    /// decide, else through the machine. `now` is the instant `conn.last_used` was set to.
+    pub(crate) fn release(
+        self: &Arc<Self>,
+        lease: Lease,
+        conn: ConnOf<M>,
+        how: Release,
+        now: Instant,
+    ) {
+        let (lease, conn) = match &self.lane {
+            Some(lane) if how == Release::Reuse && lease.expires().is_none_or(|t| t > now) => {
+                match lane.offer((lease, conn)) {
+                    None => return,
+                    // The lane was closed or full, or closed while this one went in: the
+                    // machine takes this one, or another parked one, instead.
+                    Some(back) => back,
+                }
+            }
+            _ => (lease, conn),
+        };
+        let leftovers = self.transition(|state| {
+            let bt = if self.settings.leak_backtraces {
+                state.set_backtrace(lease.id(), None)
+            } else {
+                None
+            };
+            let last_used = conn.last_used;
+            (state.machine.release(lease, conn, how, last_used).err(), bt)
+        });
+        // A rejected connection or a backtrace is dropped here, outside the lock.
+        drop(leftovers);
+    }
+
+    /// Under the lock, after every transition: opens the return lane if the machine has
+    /// nothing to decide on a return, or closes it and hands the machine every connection
+    /// parked there (see [`Lane`]).
+    fn sync_lane(&self, state: &mut State<M>) {
+        let Some(lane) = &self.lane else { return };
+        loop {
+            let machine = &state.machine;
+            let Status {
+                max_size,
+                size,
+                closing,
+                waiting,
+                ..
+            } = machine.status();
+            let open = waiting == 0 && !machine.is_closed() && size - closing <= max_size;
+            if open == lane.is_open() {
+                return;
+            }
+            if open {
+                lane.open();
+                return;
+            }
+            lane.close();
+            self.unpark(lane, state);
+            // Handing them over may have served every waiter: look again.
+        }
+    }
+
+    /// Under the lock: hands the machine every connection parked in the lane (to serve
+    /// waiters, to close, or to idle), each with the instant it came back, so the idle
+    /// timeout counts from then. One past its lifetime is handed over at the current time,
+    /// so the machine retires it.
+    fn unpark(&self, lane: &Lane<Parked<M>>, state: &mut State<M>) {
+        let mut now = None;
+        while let Some((lease, conn)) = lane.drain() {
+            let mut at = conn.last_used;
+            if let Some(expires) = lease.expires() {
+                let now = *now.get_or_insert_with(|| self.runtime.now());
+                if expires <= now {
+                    at = now;
+                }
+            }
+            if let Err(rejected) = state.machine.release(lease, conn, Release::Reuse, at) {
+                state.rejected.extend(rejected.conn);
+            }
+        }
+    }
+
+    /// Under the lock, from the maintenance task: hands parked connections to the machine,
+    /// which applies the idle timeout and the lifetime to them.
+    fn sweep_lane(&self, state: &mut State<M>) {
+        if let Some(lane) = &self.lane {
+            self.unpark(lane, state);
+        }
+    }
+
+    /// The pool's counts: the machine's, with connections parked in the return lane counted
+    /// as idle rather than in use.
+    pub(crate) fn status(&self, state: &State<M>) -> Status {
+        let mut status = state.machine.status();
+        if let Some(lane) = &self.lane {
+            let parked = lane.len().min(status.in_use);
+            status.idle += parked;
+            status.in_use -= parked;
+        }
+        status
+    }
+
+    /// The pool's counters, acquires served from the return lane included.
+    pub(crate) fn metrics(&self, state: &State<M>) -> Metrics {
+        let mut metrics = state.metrics.clone();
+        if let Some(lane) = &self.lane {
+            metrics.acquired += lane.lent();
+        }
+        metrics
     }
 
     fn act(self: &Arc<Self>, mut d: Deferred<M::Connection>) {
@@ -478,8 +638,12 @@ pub(crate) async fn maintain<M: Manager, R: Runtime>(weak: Weak<Shared<M, R>>) {
         let listener = shared.timer.listen();
         let now = shared.runtime.now();
         let next = shared.transition(|state| {
+            shared.sweep_lane(state);
             state.machine.handle_timeout(now);
-            let next = state.machine.poll_timeout();
+            let mut next = state.machine.poll_timeout();
+            if let Some(sweep) = shared.sweep.and_then(|d| now.checked_add(d)) {
+                next = Some(next.map_or(sweep, |t| t.min(sweep)));
+            }
             state.armed = next;
             next
         });

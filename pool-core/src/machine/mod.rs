@@ -378,6 +378,12 @@ impl<C, E> Machine<C, E> {
     /// outstanding. A lease can only be handed back once (it is moved), so this means it
     /// came from another machine; ids are unique per machine only, so a lease from a second
     /// machine is not reliably detected: never mix machines' leases.
+    ///
+    /// `now` is when the connection came back. A driver that keeps returned connections
+    /// outside the machine for a while (lending them again without it while nobody waits)
+    /// may pass that earlier instant when it finally hands one over, so the idle timeout
+    /// counts from the real return; the lifetime check then uses the same instant, so such
+    /// a driver checks [`Lease::expires`] itself.
     pub fn release(
         &mut self,
         lease: Lease,
@@ -697,6 +703,7 @@ impl<C, E> Machine<C, E> {
             // Idle to leased in one step (the hot path of every acquire): only `in_use`
             // changes, since idle connections are counted by the idle deque.
             let slot = &mut self.slots[index as usize];
+            let expires = slot.expires;
             match std::mem::replace(&mut slot.state, leased) {
                 SlotState::Idle { conn, .. } => {
                     self.in_use += 1;
@@ -704,6 +711,7 @@ impl<C, E> Machine<C, E> {
                     return Some((
                         Lease {
                             id: LeaseId { index, serial },
+                            expires,
                         },
                         conn,
                     ));
@@ -729,6 +737,7 @@ impl<C, E> Machine<C, E> {
         self.note_lease_deadlines(now);
         Lease {
             id: LeaseId { index, serial },
+            expires: self.slots[index as usize].expires,
         }
     }
 

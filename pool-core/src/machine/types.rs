@@ -1,7 +1,7 @@
 //! Ids, tokens, actions, status and errors: the vocabulary of the machine's interface.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 macro_rules! typed_id {
     ($(#[$doc:meta])* $name:ident) => {
@@ -52,12 +52,21 @@ typed_id!(
 #[derive(Debug, PartialEq, Eq)]
 pub struct Lease {
     pub(crate) id: LeaseId,
+    pub(crate) expires: Option<Instant>,
 }
 
 impl Lease {
     /// The id of this lease, as leak reports name it.
     pub fn id(&self) -> LeaseId {
         self.id
+    }
+
+    /// When the machine retires this lease's connection (its `max_lifetime`, jitter
+    /// applied), if it has a lifetime: a driver that keeps returned connections outside the
+    /// machine for a while (see [`Machine::release`](super::Machine::release)) must not lend
+    /// one past this instant.
+    pub fn expires(&self) -> Option<Instant> {
+        self.expires
     }
 }
 
