@@ -821,7 +821,7 @@ pub async fn shrinking_and_closing_close_idle_connections<R: Runtime>() {
 /// once.
 pub async fn many_tasks_cycling_through_a_small_pool_lose_no_wake_up<R: Runtime>() {
     const TASKS: usize = 16;
-    const CYCLES: usize = 2_000;
+    const CYCLES: usize = 10_000;
     let rt = runtime::<R>();
     let pool = build(
         builder(&rt)

@@ -441,16 +441,22 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
             let Status {
                 max_size,
                 size,
+                idle,
                 closing,
                 waiting,
                 ..
             } = machine.status();
-            let open = waiting == 0 && !machine.is_closed() && size - closing <= max_size;
-            if open == lane.is_open() {
+            let may_open = waiting == 0 && !machine.is_closed() && size - closing <= max_size;
+            if lane.is_open() == may_open {
                 return;
             }
-            if open {
-                lane.open();
+            if may_open {
+                // Opened once a connection goes idle in the machine, not merely when the
+                // queue empties: in a stream of hand-offs (every release served a waiter,
+                // and the next acquire queues again) the lane stays closed, at no cost.
+                if idle > 0 {
+                    lane.open();
+                }
                 return;
             }
             lane.close();
