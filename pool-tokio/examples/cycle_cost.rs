@@ -6,7 +6,8 @@
 //! - **defaults**: the builder's defaults (30 s acquire timeout, 10 min idle timeout, 30 min
 //!   lifetime, checkout check bypassed within 500 ms), where acquire and release each read
 //!   the clock once;
-//! - **leak detection**: the defaults plus a leak threshold, without backtraces;
+//! - **leak detection**: the defaults plus a leak threshold, without backtraces (the machine
+//!   must see every checkout, so cycles go through its lock rather than the return lane);
 //! - **backtraces**: the same, capturing a backtrace at every acquire (so a report can say
 //!   where the lease was taken).
 //!
