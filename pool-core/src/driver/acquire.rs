@@ -151,16 +151,26 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                         }
                     }
                     let deadline = this.deadline;
-                    let outcome = shared.transition(|state| {
+                    // Cloned before the lock: a waker's code never runs under it. Unused (or
+                    // replaced) wakers come back out and are dropped after it.
+                    let waker = cx.waker().clone();
+                    let (outcome, unused) = shared.transition(move |state| {
                         let outcome = state.machine.acquire(now, deadline);
-                        match &outcome {
-                            Ok(Acquired::Ready(..)) => state.metrics.acquired += 1,
-                            Ok(Acquired::Waiting(waiter)) => state.register(*waiter, cx.waker()),
-                            Err(AcquireError::TimedOut(_)) => state.metrics.timed_out += 1,
-                            Err(_) => {}
-                        }
-                        outcome
+                        let unused = match &outcome {
+                            Ok(Acquired::Waiting(waiter)) => state.register_owned(*waiter, waker),
+                            Ok(Acquired::Ready(..)) => {
+                                state.metrics.acquired += 1;
+                                Some(waker)
+                            }
+                            Err(AcquireError::TimedOut(_)) => {
+                                state.metrics.timed_out += 1;
+                                Some(waker)
+                            }
+                            Err(_) => Some(waker),
+                        };
+                        (outcome, unused)
                     });
+                    drop(unused);
                     match outcome {
                         Ok(Acquired::Ready(lease, conn)) => {
                             if let Some(guard) = this.got(lease, conn, now) {

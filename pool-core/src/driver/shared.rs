@@ -156,6 +156,16 @@ impl<M: Manager> State<M> {
         }
     }
 
+    /// Registers the waker of a waiter that just queued, cloned before the lock was taken
+    /// (so no waker code runs under it); returns what it replaced, to drop after the lock.
+    pub(crate) fn register_owned(&mut self, waiter: WaiterId, waker: Waker) -> Option<Waker> {
+        let i = waiter.index();
+        if self.wakers.len() <= i {
+            self.wakers.resize_with(i + 1, || None);
+        }
+        self.wakers[i].replace(waker)
+    }
+
     /// Forgets a waiter's waker; returned so it is dropped after the lock.
     pub(crate) fn unregister(&mut self, waiter: WaiterId) -> Option<Waker> {
         self.wakers.get_mut(waiter.index()).and_then(Option::take)
