@@ -63,6 +63,18 @@ async fn assert_settled<R: Runtime>(rt: &Counted<R>, pool: &TestPool<R>) {
     );
 }
 
+/// Waits (up to 2 s) for a closed pool's `drained()`, failing if it does not resolve.
+async fn assert_drains<R: Runtime>(rt: &Counted<R>, pool: &TestPool<R>) {
+    let drained = pool.drained();
+    let limit = rt.sleep(Duration::from_secs(2));
+    futures::pin_mut!(drained, limit);
+    assert!(
+        matches!(select(drained, limit).await, Either::Left(_)),
+        "drained() resolved: {:?}",
+        pool.status()
+    );
+}
+
 /// Seed 003: concurrent acquirers and slow connects never make a pool of 2 open a third.
 pub async fn pool_of_two_never_opens_a_third_connection<R: Runtime>() {
     let rt = runtime::<R>();
@@ -297,13 +309,7 @@ pub async fn close_fails_waiters_and_drains<R: Runtime>() {
         "the held connection lives until returned"
     );
     drop(held);
-    let drained = pool.drained();
-    let limit = rt.sleep(Duration::from_secs(2));
-    futures::pin_mut!(drained, limit);
-    assert!(
-        matches!(select(drained, limit).await, Either::Left(_)),
-        "drained() resolved"
-    );
+    assert_drains(&rt, &pool).await;
     assert_eq!(pool.manager().live(), 0);
     assert_eq!(pool.metrics().closed.pool_closed, 1);
 }
@@ -803,14 +809,7 @@ pub async fn shrinking_and_closing_close_idle_connections<R: Runtime>() {
     assert_eq!(pool.metrics().closed.surplus, 3);
     drop(pool.get().await.expect("the one left"));
     pool.close();
-    let drained = pool.drained();
-    let limit = rt.sleep(Duration::from_secs(2));
-    futures::pin_mut!(drained, limit);
-    assert!(
-        matches!(select(drained, limit).await, Either::Left(_)),
-        "drained() resolved: {:?}",
-        pool.status()
-    );
+    assert_drains(&rt, &pool).await;
     assert_eq!(pool.manager().live(), 0);
     assert_eq!(pool.metrics().closed.pool_closed, 1);
 }
