@@ -671,6 +671,53 @@ fn a_leased_connection_past_its_lifetime_is_closed_on_release() {
     assert_eq!(sim.machine.status().idle, 0);
 }
 
+/// A lease names when its connection will be retired, so a driver that lends returned
+/// connections again without the machine never lends one past its lifetime.
+#[test]
+fn a_lease_carries_its_connections_retirement_instant() {
+    let t0 = Instant::now();
+    let mut config = quiet_config(1);
+    config.max_lifetime = Some(secs(60));
+    let (mut m, lease, conn) = machine_with_one_lease(config, t0);
+    assert_eq!(lease.expires(), Some(t0 + secs(60)));
+    m.release(lease, conn, Release::Reuse, t0)
+        .expect("outstanding");
+    let (again, _) = m.try_acquire(t0 + secs(1)).expect("idle");
+    assert_eq!(again.expires(), Some(t0 + secs(60)), "the same connection");
+    let (m2, lease, _) = machine_with_one_lease(quiet_config(1), t0);
+    assert_eq!(lease.expires(), None, "no lifetime configured");
+    drop(m2);
+}
+
+/// A release reported late, with the instant the connection really came back (after
+/// inputs at later instants), counts the idle timeout from that instant.
+#[test]
+fn a_release_reported_late_counts_idle_time_from_when_it_came_back() {
+    let t0 = Instant::now();
+    let mut config = quiet_config(2);
+    config.idle_timeout = Some(secs(10));
+    let (mut m, lease, conn) = machine_with_one_lease(config, t0);
+    // Time moves on: another task queues at t0 + 5 s.
+    let w = wait(&mut m, t0 + secs(5));
+    m.cancel(w, t0 + secs(5));
+    drain(&mut m);
+    // The connection came back at t0 + 1 s; the driver reports it only now.
+    m.release(lease, conn, Release::Reuse, t0 + secs(1))
+        .expect("outstanding");
+    assert_eq!(m.status().idle, 1);
+    let due = m.poll_timeout().expect("the idle deadline is noted");
+    assert!(due <= t0 + secs(11), "due by t0 + 11 s, not later: {due:?}");
+    m.handle_timeout(t0 + secs(11));
+    let closed: Vec<_> = drain(&mut m)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Close { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed, [CloseReason::IdleTimeout]);
+}
+
 // ----- leaks and stale reclaim ----------------------------------------------------------
 
 #[test]

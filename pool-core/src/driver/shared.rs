@@ -434,8 +434,14 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
             } else {
                 None
             };
-            let last_used = conn.last_used;
-            (state.machine.release(lease, conn, how, last_used).err(), bt)
+            // This connection came back now; one taken back out of the lane instead came
+            // back when it was parked, unless it has outlived its lifetime since.
+            let at = if lease.expires().is_some_and(|t| t <= now) {
+                now
+            } else {
+                conn.last_used
+            };
+            (state.machine.release(lease, conn, how, at).err(), bt)
         });
         // A rejected connection or a backtrace is dropped here, outside the lock.
         drop(leftovers);
