@@ -35,9 +35,31 @@
 //! connections to the machine every quarter of the shortest idle timeout or lifetime, with
 //! their real return time, so the machine reaps them as it would have.
 
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_queue::ArrayQueue;
+use crossbeam_utils::CachePadded;
+
+/// Shards of the lend counter: a thread adds to its own, so threads lending from one pool
+/// at once do not pass a counter's cache line back and forth on every lend.
+const SHARDS: usize = 8;
+
+/// This thread's shard (threads are numbered as they first lend).
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+    SHARD.with(|shard| match shard.get() {
+        Some(i) => i,
+        None => {
+            let i = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            shard.set(Some(i));
+            i
+        }
+    })
+}
 
 /// A lock-free queue of parked `(lease, connection)` pairs and the gate that says whether
 /// returns may use it.
@@ -45,8 +67,9 @@ pub(crate) struct Lane<T> {
     parked: ArrayQueue<T>,
     /// Whether returns may park here: written under the pool's lock, read without it.
     open: AtomicBool,
-    /// Connections lent from the lane (the machine counts the acquires it serves itself).
-    lent: AtomicU64,
+    /// Connections lent from the lane, sharded by thread (the machine counts the acquires
+    /// it serves itself).
+    lent: [CachePadded<AtomicU64>; SHARDS],
 }
 
 impl<T> Lane<T> {
@@ -56,7 +79,7 @@ impl<T> Lane<T> {
         Self {
             parked: ArrayQueue::new(capacity.max(1)),
             open: AtomicBool::new(false),
-            lent: AtomicU64::new(0),
+            lent: Default::default(),
         }
     }
 
@@ -67,7 +90,7 @@ impl<T> Lane<T> {
             return None;
         }
         let item = self.parked.pop()?;
-        self.lent.fetch_add(1, Ordering::Relaxed);
+        self.lent[shard()].fetch_add(1, Ordering::Relaxed);
         Some(item)
     }
 
@@ -118,7 +141,7 @@ impl<T> Lane<T> {
 
     /// How many connections the lane has lent.
     pub(crate) fn lent(&self) -> u64 {
-        self.lent.load(Ordering::Relaxed)
+        self.lent.iter().map(|n| n.load(Ordering::Relaxed)).sum()
     }
 }
 
