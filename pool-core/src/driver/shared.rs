@@ -81,6 +81,7 @@ pub(crate) struct Settings {
 /// | step | reads `now` for | so the clock is read when |
 /// |---|---|---|
 /// | lease an idle connection | its lifetime (`max_lifetime`), the lease's start (leak detection, reclaim), the back-off of a `min_idle` replacement; the driver: the check bypass window | `max_lifetime`, `leak_detection`, `reclaim_after`, `min_idle > 0`, or a checkout check with a non-zero bypass window |
+/// | lend a connection from the return lane (no machine) | its lifetime; the driver: the check bypass window | `max_lifetime`, or a checkout check with a non-zero bypass window |
 /// | give a connection back | its lifetime, when it became idle (`idle_timeout`); the driver: when it was last used (bypass window) | `max_lifetime`, `idle_timeout`, or a checkout check with a non-zero bypass window |
 ///
 /// Everywhere else (waiting, time-outs, cancellation, connects, closes, maintenance) the
@@ -146,11 +147,7 @@ impl<M: Manager> State<M> {
     /// Remembers the task to wake for `waiter` (registered under the same lock as the
     /// machine's answer, so no wake-up can be missed).
     pub(crate) fn register(&mut self, waiter: WaiterId, waker: &Waker) {
-        let i = waiter.index();
-        if self.wakers.len() <= i {
-            self.wakers.resize_with(i + 1, || None);
-        }
-        match &mut self.wakers[i] {
+        match self.waker_slot(waiter) {
             Some(w) if w.will_wake(waker) => {}
             slot => *slot = Some(waker.clone()),
         }
@@ -159,11 +156,16 @@ impl<M: Manager> State<M> {
     /// Registers the waker of a waiter that just queued, cloned before the lock was taken
     /// (so no waker code runs under it); returns what it replaced, to drop after the lock.
     pub(crate) fn register_owned(&mut self, waiter: WaiterId, waker: Waker) -> Option<Waker> {
+        self.waker_slot(waiter).replace(waker)
+    }
+
+    /// Where `waiter`'s waker is kept, grown to fit.
+    fn waker_slot(&mut self, waiter: WaiterId) -> &mut Option<Waker> {
         let i = waiter.index();
         if self.wakers.len() <= i {
             self.wakers.resize_with(i + 1, || None);
         }
-        self.wakers[i].replace(waker)
+        &mut self.wakers[i]
     }
 
     /// Forgets a waiter's waker; returned so it is dropped after the lock.
@@ -453,16 +455,7 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
     fn sync_lane(&self, state: &mut State<M>) {
         let Some(lane) = &self.lane else { return };
         loop {
-            let machine = &state.machine;
-            let Status {
-                max_size,
-                size,
-                idle,
-                closing,
-                waiting,
-                ..
-            } = machine.status();
-            let may_open = waiting == 0 && !machine.is_closed() && size - closing <= max_size;
+            let may_open = state.machine.release_goes_idle();
             if lane.is_open() == may_open {
                 return;
             }
@@ -470,7 +463,7 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
                 // Opened once a connection goes idle in the machine, not merely when the
                 // queue empties: in a stream of hand-offs (every release served a waiter,
                 // and the next acquire queues again) the lane stays closed, at no cost.
-                if idle > 0 {
+                if state.machine.status().idle > 0 {
                     lane.open();
                 }
                 return;

@@ -208,6 +208,15 @@ impl<C, E> Machine<C, E> {
         self.closed && self.size() == 0
     }
 
+    /// Whether a connection released now for reuse would simply go idle: nobody waits, the
+    /// pool is open and not over its size (only the connection's own lifetime, or a
+    /// reclaimed lease, could still close it). A driver may then keep returned connections
+    /// outside the machine and lend them again itself, as long as this holds (see
+    /// [`release`](Self::release)).
+    pub fn release_goes_idle(&self) -> bool {
+        self.queue.head.is_none() && !self.closed && self.live() <= self.config.max_size
+    }
+
     /// The most recent connect error since the last successful connect.
     pub fn last_connect_error(&self) -> Option<&E> {
         self.last_connect_error.as_ref()
@@ -397,11 +406,7 @@ impl<C, E> Machine<C, E> {
         // The hot path: reused, nobody waiting, nothing to retire. The general path below
         // reaches the same state through `dispatch`; this one skips its detour through
         // `Opening` and its checks for waiters and closing.
-        if how == Release::Reuse
-            && self.queue.head.is_none()
-            && !self.closed
-            && self.live() <= self.config.max_size
-        {
+        if how == Release::Reuse && self.release_goes_idle() {
             let slot = &mut self.slots[index as usize];
             if let SlotState::Leased { .. } = slot.state {
                 if slot.expires.is_none_or(|t| t > now) {
