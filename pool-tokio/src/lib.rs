@@ -43,7 +43,9 @@ use std::time::Instant;
 pool_core::adapter_types!(Tokio, "tokio");
 
 /// [`pool_core::Runtime`] for tokio: spawns on the runtime the pool was built in, uses its
-/// timers (so `tokio::time::pause` applies) and its blocking pool.
+/// timers (so `tokio::time::pause` applies) and its blocking pool. The runtime must have
+/// its timers enabled (`enable_time()` or `enable_all()`; `#[tokio::main]` does); a pool
+/// built on one without them is refused with [`BuildError::NoRuntime`].
 #[derive(Debug, Clone)]
 pub struct Tokio {
     handle: tokio::runtime::Handle,
@@ -63,6 +65,21 @@ impl pool_core::Runtime for Tokio {
         tokio::runtime::Handle::try_current()
             .map(Self::new)
             .map_err(|e| format!("no tokio runtime: {e}"))
+    }
+
+    /// Refuses a runtime built without timers (the pool sleeps for its deadlines, connect
+    /// timeouts and maintenance). Tokio offers no way to ask, so this creates a timer and
+    /// catches tokio's panic; the panic hook still reports that panic once, before `build`
+    /// returns the error (with `panic = "abort"`, the process aborts there instead).
+    fn validate(&self) -> Result<(), String> {
+        let _context = self.handle.enter();
+        std::panic::catch_unwind(|| drop(tokio::time::sleep(std::time::Duration::ZERO))).map_err(
+            |_| {
+                "the tokio runtime has its timers disabled: build it with `enable_time()` \
+                 (or `enable_all()`)"
+                    .to_string()
+            },
+        )
     }
 
     fn spawn<F>(&self, future: F)

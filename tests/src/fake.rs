@@ -61,6 +61,10 @@ impl<R: Runtime> Runtime for Counted<R> {
         })
     }
 
+    fn validate(&self) -> Result<(), String> {
+        self.inner.validate()
+    }
+
     fn spawn<F>(&self, future: F)
     where
         F: Future<Output = ()> + Send + 'static,

@@ -91,7 +91,8 @@ impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
 pub enum BuildError {
     /// The configuration is invalid.
     Config(ConfigError),
-    /// No runtime to run on (for example, `build` was called outside a tokio runtime).
+    /// No runtime to run on: `build` was called outside a tokio runtime, for example, or the
+    /// runtime lacks something the pool needs (a tokio runtime built without timers).
     NoRuntime(String),
 }
 

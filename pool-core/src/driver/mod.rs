@@ -434,7 +434,8 @@ impl<M: Manager, R: Runtime> Builder<M, R> {
     ///
     /// # Errors
     /// [`BuildError::Config`] naming the invalid setting; [`BuildError::NoRuntime`] if no
-    /// runtime was given and none is current.
+    /// runtime was given and none is current, or the runtime cannot run a pool (see
+    /// [`Runtime::validate`]).
     pub fn build(self) -> Result<Pool<M, R>, BuildError> {
         if self.settings.connect_timeout.is_zero() {
             return Err(ConfigError::new("connect_timeout", "must not be zero".into()).into());
@@ -447,6 +448,7 @@ impl<M: Manager, R: Runtime> Builder<M, R> {
             Some(runtime) => runtime,
             None => R::current().map_err(BuildError::NoRuntime)?,
         };
+        runtime.validate().map_err(BuildError::NoRuntime)?;
         let shared = Shared::new(self.manager, runtime, self.settings, State::new(machine));
         shared.runtime.spawn(maintain(Arc::downgrade(&shared)));
         // Start the min_idle connects the machine asked for at construction.

@@ -20,6 +20,17 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     /// A message saying why there is none (for example, no tokio runtime is running).
     fn current() -> Result<Self, String>;
 
+    /// Whether this runtime can run a pool: checked by [`Builder::build`](super::Builder::build),
+    /// whichever way the runtime was given, so a runtime missing something the pool needs
+    /// (tokio's timers, say) is refused when the pool is built rather than failing later in
+    /// its tasks. The default accepts every runtime.
+    ///
+    /// # Errors
+    /// A message saying what is missing and how to provide it.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Runs `future` to completion in the background, detached.
     fn spawn<F>(&self, future: F)
     where
