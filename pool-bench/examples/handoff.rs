@@ -1,8 +1,8 @@
-//! What a hand-off costs: `tasks` tasks share a pool of `size` connections and each holds
-//! its connection across a yield, so with more tasks than connections every release goes to
-//! a waiting task. The same loop runs on this pool (lean settings), on a tokio `Semaphore`
-//! with a `Mutex<Vec>` (the benchmark's `floor:semaphore`) and on deadpool's unmanaged pool,
-//! interleaved, three rounds each.
+//! What a hand-off costs, without the benchmark's window and counters: `tasks` tasks share a
+//! pool of `size` connections and each holds its connection across a yield, so with more
+//! tasks than connections every release goes to a waiting task. Each contender runs the same
+//! loop ([`Contender::time_hand_offs`]), built as the benchmark builds it, interleaved, three
+//! rounds.
 //!
 //! ```sh
 //! # two tasks, one connection, a current-thread runtime (every cycle is a hand-off)
@@ -12,114 +12,29 @@
 //! ```
 //!
 //! Arguments: cycles (default 1,000,000), tasks (2), size (1), worker threads (0 for a
-//! current-thread runtime). Under `valgrind --tool=callgrind` the difference between two
-//! cycle counts gives the instructions per cycle, which, unlike time, repeats exactly on a
-//! busy machine; pass a fifth argument `ours`, `semaphore` or `deadpool` after the others
-//! to run one contender once.
+//! current-thread runtime), then optionally the contenders to run, comma-separated
+//! (default `pool/tokio,floor:semaphore,deadpool-unmanaged`; the benchmark's column names).
+//! Under `valgrind --tool=callgrind`, run one contender at two cycle counts: the difference
+//! gives the instructions per cycle, which, unlike time, repeats exactly on a busy machine.
 
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use pool_bench::contenders::Contender;
 
-struct Unit;
-
-impl pool_tokio::Manager for Unit {
-    type Connection = u64;
-    type Error = std::io::Error;
-    async fn connect(&self) -> Result<u64, std::io::Error> {
-        Ok(0)
-    }
-}
-
-/// Runs `tasks` tasks, every one built by `cycle`, to completion.
-async fn run<F, Fut>(tasks: usize, cycle: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let handles: Vec<_> = (0..tasks).map(|_| tokio::spawn(cycle())).collect();
-    for handle in handles {
-        handle.await.expect("a cycling task panicked");
-    }
-}
-
-async fn ours(cycles: u32, tasks: usize, size: usize) {
-    let pool = pool_tokio::Pool::builder(Unit)
-        .max_size(size)
-        .acquire_timeout(None)
-        .idle_timeout(None)
-        .max_lifetime(None, Duration::ZERO)
-        .check_on_checkout(false, Duration::ZERO)
-        .build()
-        .expect("a valid configuration");
-    let mut warm = Vec::with_capacity(size);
-    for _ in 0..size {
-        warm.push(pool.get().await.expect("warm"));
-    }
-    drop(warm);
-    let each = cycles / tasks as u32;
-    run(tasks, || {
-        let pool = pool.clone();
-        async move {
-            for _ in 0..each {
-                let mut conn = pool.get().await.expect("a connection");
-                *conn += 1;
-                tokio::task::yield_now().await;
-            }
-        }
-    })
-    .await;
-}
-
-struct Floor {
-    permits: tokio::sync::Semaphore,
-    conns: Mutex<Vec<u64>>,
-}
-
-async fn semaphore(cycles: u32, tasks: usize, size: usize) {
-    let floor = Arc::new(Floor {
-        permits: tokio::sync::Semaphore::new(size),
-        conns: Mutex::new(vec![0; size]),
-    });
-    let each = cycles / tasks as u32;
-    run(tasks, || {
-        let floor = Arc::clone(&floor);
-        async move {
-            for _ in 0..each {
-                let permit = floor.permits.acquire().await.expect("never closed");
-                let lock = || floor.conns.lock().unwrap_or_else(PoisonError::into_inner);
-                let mut conn = lock().pop().expect("a permit comes with a connection");
-                conn += 1;
-                tokio::task::yield_now().await;
-                lock().push(conn);
-                drop(permit);
-            }
-        }
-    })
-    .await;
-}
-
-async fn deadpool(cycles: u32, tasks: usize, size: usize) {
-    let pool = deadpool::unmanaged::Pool::from(vec![0u64; size]);
-    let each = cycles / tasks as u32;
-    run(tasks, || {
-        let pool = pool.clone();
-        async move {
-            for _ in 0..each {
-                let mut conn = pool.get().await.expect("a connection");
-                *conn += 1;
-                tokio::task::yield_now().await;
-            }
-        }
-    })
-    .await;
-}
-
-fn main() {
+fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num =
         |i: usize, default: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
-    let cycles = u32::try_from(num(0, 1_000_000)).unwrap_or(u32::MAX);
-    let (tasks, size, threads) = (num(1, 2).max(1), num(2, 1).max(1), num(3, 0));
+    let (cycles, tasks, size, threads) = (num(0, 1_000_000), num(1, 2), num(2, 1), num(3, 0));
+    let names = args.get(4).map_or(
+        "pool/tokio,floor:semaphore,deadpool-unmanaged",
+        String::as_str,
+    );
+    let contenders = names
+        .split(',')
+        .map(|name| Contender::from_name(name).ok_or(format!("no contender named {name}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (size, tasks) = (size.max(1), tasks.max(1));
+    // Every task runs the same number of cycles.
+    let cycles = (cycles / tasks).max(1) * tasks;
     let rt = if threads == 0 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -130,26 +45,21 @@ fn main() {
             .enable_all()
             .build()
     }
-    .expect("a runtime");
-    let only = args.get(4).map(String::as_str);
-    let contenders = ["ours", "semaphore", "deadpool"];
-    let rounds = if only.is_some() { 1 } else { 3 };
+    .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    let rounds = if contenders.len() > 1 { 3 } else { 1 };
     for round in 1..=rounds {
-        for name in contenders.iter().filter(|c| only.is_none_or(|o| o == **c)) {
-            let start = Instant::now();
-            rt.block_on(async {
-                match *name {
-                    "ours" => ours(cycles, tasks, size).await,
-                    "semaphore" => semaphore(cycles, tasks, size).await,
-                    _ => deadpool(cycles, tasks, size).await,
-                }
-            });
-            let per = start.elapsed().as_secs_f64() / f64::from(cycles);
+        for &contender in &contenders {
+            let took = contender
+                .time_hand_offs(&rt, size, tasks, cycles as u64)
+                .map_err(|e| format!("{}: {e}", contender.name()))?;
+            let per = took.as_secs_f64() / cycles as f64;
             println!(
-                "round {round}: {name:<9} {:7.1} ns/cycle ({:.2} M cycles/s)",
+                "round {round}: {:<20} {:7.1} ns/cycle ({:.2} M cycles/s)",
+                contender.name(),
                 per * 1e9,
                 1e-6 / per
             );
         }
     }
+    Ok(())
 }

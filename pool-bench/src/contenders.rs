@@ -7,7 +7,8 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::harness::{
-    run_async_std, run_smol, run_threads, run_tokio, AsyncPool, Conn, Sample, Spec, SyncPool,
+    run_async_std, run_smol, run_threads, run_tokio, time_hand_offs, AsyncPool, Conn, Sample, Spec,
+    SyncPool,
 };
 
 /// Every pool the benchmark knows, in column order.
@@ -154,45 +155,17 @@ impl Contender {
     pub fn measure(self, spec: &Spec) -> Sample {
         let size = spec.size;
         match self {
-            Self::PoolTokio => run_tokio(spec, || async move {
-                ours(pool_tokio::Pool::builder(Fake), size).map(Ours)
-            }),
+            Self::PoolTokio => run_tokio(spec, || make_ours_tokio(size)),
             Self::PoolAsyncStd => run_async_std(spec, || async move {
                 ours(pool_async_std::Pool::builder(Fake), size).map(Ours)
             }),
             Self::PoolSmol => run_smol(spec, || async move {
                 ours(pool_smol::Pool::builder(Fake), size).map(Ours)
             }),
-            Self::Bb8 => run_tokio(spec, || async move {
-                bb8::Pool::builder()
-                    .max_size(size as u32)
-                    .min_idle(None)
-                    .test_on_check_out(false)
-                    .idle_timeout(None)
-                    .max_lifetime(None)
-                    .connection_timeout(Duration::from_secs(3600))
-                    .queue_strategy(bb8::QueueStrategy::Fifo)
-                    .build(Fake)
-                    .await
-                    .map(Bb8)
-                    .map_err(|e| e.to_string())
-            }),
-            Self::DeadpoolManaged => run_tokio(spec, || async move {
-                deadpool::managed::Pool::builder(Fake)
-                    .max_size(size)
-                    .queue_mode(deadpool::managed::QueueMode::Fifo)
-                    .build()
-                    .map(DeadpoolManaged)
-                    .map_err(|e| e.to_string())
-            }),
-            Self::DeadpoolUnmanaged => run_tokio(spec, || async move {
-                let conns: Vec<Conn> = (0..size).map(|_| Conn::default()).collect();
-                Ok(DeadpoolUnmanaged(deadpool::unmanaged::Pool::from(conns)))
-            }),
-            Self::Mobc => run_tokio(
-                spec,
-                || async move { Ok(Mobc(mobc_builder(size).build(Fake))) },
-            ),
+            Self::Bb8 => run_tokio(spec, || make_bb8(size)),
+            Self::DeadpoolManaged => run_tokio(spec, || make_deadpool(size)),
+            Self::DeadpoolUnmanaged => run_tokio(spec, || make_deadpool_unmanaged(size)),
+            Self::Mobc => run_tokio(spec, || make_mobc(size)),
             Self::Qp => run_tokio(spec, || async move { Ok(Qp(qp::Pool::new(Fake, size))) }),
             Self::R2d2 => run_threads(
                 spec,
@@ -207,24 +180,108 @@ impl Contender {
                     .map(R2d2)
                     .map_err(|e| e.to_string()),
             ),
-            Self::FloorSemaphore => run_tokio(spec, || async move {
-                Ok(FloorSemaphore {
-                    permits: tokio::sync::Semaphore::new(size),
-                    conns: Mutex::new((0..size).map(|_| Conn::default()).collect()),
-                })
-            }),
-            Self::FloorArrayQueue | Self::FloorArrayQueueBudget => run_tokio(spec, || async move {
-                let queue = crossbeam_queue::ArrayQueue::new(size);
-                for _ in 0..size {
-                    let _ = queue.push(Conn::default());
-                }
-                Ok(FloorArrayQueue {
-                    queue,
-                    budget: self == Self::FloorArrayQueueBudget,
-                })
-            }),
+            Self::FloorSemaphore => run_tokio(spec, || make_floor_semaphore(size)),
+            Self::FloorArrayQueue | Self::FloorArrayQueueBudget => {
+                run_tokio(spec, || make_floor_arrayqueue(size, self))
+            }
         }
     }
+
+    /// Times `cycles` bare hand-off cycles of this contender on `rt` (see
+    /// [`time_hand_offs`]), built exactly as [`measure`](Self::measure) builds it.
+    ///
+    /// # Errors
+    /// A contender that does not run on tokio (async-std, smol, r2d2), or qp (it loses
+    /// wake-ups once tasks outnumber connections, so the loop would hang), or a failure of
+    /// the loop itself.
+    pub fn time_hand_offs(
+        self,
+        rt: &tokio::runtime::Runtime,
+        size: usize,
+        tasks: usize,
+        cycles: u64,
+    ) -> Result<Duration, String> {
+        match self {
+            Self::PoolTokio => time_hand_offs(rt, || make_ours_tokio(size), size, tasks, cycles),
+            Self::Bb8 => time_hand_offs(rt, || make_bb8(size), size, tasks, cycles),
+            Self::DeadpoolManaged => {
+                time_hand_offs(rt, || make_deadpool(size), size, tasks, cycles)
+            }
+            Self::DeadpoolUnmanaged => {
+                time_hand_offs(rt, || make_deadpool_unmanaged(size), size, tasks, cycles)
+            }
+            Self::Mobc => time_hand_offs(rt, || make_mobc(size), size, tasks, cycles),
+            Self::FloorSemaphore => {
+                time_hand_offs(rt, || make_floor_semaphore(size), size, tasks, cycles)
+            }
+            Self::FloorArrayQueue | Self::FloorArrayQueueBudget => time_hand_offs(
+                rt,
+                || make_floor_arrayqueue(size, self),
+                size,
+                tasks,
+                cycles,
+            ),
+            Self::Qp | Self::PoolAsyncStd | Self::PoolSmol | Self::R2d2 => Err(format!(
+                "{} does not run in the tokio hand-off loop",
+                self.name()
+            )),
+        }
+    }
+}
+
+async fn make_ours_tokio(size: usize) -> Result<Ours<pool_tokio::Tokio>, String> {
+    ours(pool_tokio::Pool::builder(Fake), size).map(Ours)
+}
+
+async fn make_bb8(size: usize) -> Result<Bb8, String> {
+    bb8::Pool::builder()
+        .max_size(size as u32)
+        .min_idle(None)
+        .test_on_check_out(false)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connection_timeout(Duration::from_secs(3600))
+        .queue_strategy(bb8::QueueStrategy::Fifo)
+        .build(Fake)
+        .await
+        .map(Bb8)
+        .map_err(|e| e.to_string())
+}
+
+async fn make_deadpool(size: usize) -> Result<DeadpoolManaged, String> {
+    deadpool::managed::Pool::builder(Fake)
+        .max_size(size)
+        .queue_mode(deadpool::managed::QueueMode::Fifo)
+        .build()
+        .map(DeadpoolManaged)
+        .map_err(|e| e.to_string())
+}
+
+async fn make_deadpool_unmanaged(size: usize) -> Result<DeadpoolUnmanaged, String> {
+    let conns: Vec<Conn> = (0..size).map(|_| Conn::default()).collect();
+    Ok(DeadpoolUnmanaged(deadpool::unmanaged::Pool::from(conns)))
+}
+
+async fn make_mobc(size: usize) -> Result<Mobc, String> {
+    Ok(Mobc(mobc_builder(size).build(Fake)))
+}
+
+async fn make_floor_semaphore(size: usize) -> Result<FloorSemaphore, String> {
+    Ok(FloorSemaphore {
+        permits: tokio::sync::Semaphore::new(size),
+        conns: Mutex::new((0..size).map(|_| Conn::default()).collect()),
+    })
+}
+
+async fn make_floor_arrayqueue(size: usize, which: Contender) -> Result<FloorArrayQueue, String> {
+    let queue = crossbeam_queue::ArrayQueue::new(size);
+    for _ in 0..size {
+        let _ = queue.push(Conn::default());
+    }
+    Ok(FloorArrayQueue {
+        queue,
+        budget: which == Contender::FloorArrayQueueBudget,
+    })
 }
 
 /// The one manager of fake connections, implementing every pool's manager trait.

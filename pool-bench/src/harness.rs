@@ -296,6 +296,50 @@ pub(crate) async fn worker<P: AsyncPool, Y: Yield>(
     ctl.finish(&waits);
 }
 
+/// Times the bare cycle, for profilers and paired timings: `tasks` tasks on `rt` share the
+/// pool `make` builds (warmed to `size` first) and run `cycles / tasks` cycles each, holding
+/// the connection across a yield, so once `tasks > size` every release is a hand-off to a
+/// waiting task. No window, counters or wait histograms: only the pool and the runtime.
+///
+/// # Errors
+/// The first failed build or acquire, or a task's panic.
+pub fn time_hand_offs<P, F, Fut>(
+    rt: &tokio::runtime::Runtime,
+    make: F,
+    size: usize,
+    tasks: usize,
+    cycles: u64,
+) -> Result<Duration, String>
+where
+    P: AsyncPool,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<P, String>>,
+{
+    rt.block_on(async {
+        let pool = Arc::new(make().await?);
+        warm(&*pool, size).await?;
+        let each = cycles / tasks.max(1) as u64;
+        let start = Instant::now();
+        let handles: Vec<_> = (0..tasks.max(1))
+            .map(|_| {
+                let pool = Arc::clone(&pool);
+                tokio::spawn(async move {
+                    for _ in 0..each {
+                        let mut conn = pool.acquire().await?;
+                        touch(&mut conn);
+                        tokio::task::yield_now().await;
+                    }
+                    Ok::<(), String>(())
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.await.map_err(|e| e.to_string())??;
+        }
+        Ok(start.elapsed())
+    })
+}
+
 /// Acquires `size` connections at once (opening them), then gives them all back.
 pub(crate) async fn warm<P: AsyncPool>(pool: &P, size: usize) -> Result<(), String> {
     let mut held = Vec::with_capacity(size);
