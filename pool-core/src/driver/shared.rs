@@ -436,13 +436,7 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
             } else {
                 None
             };
-            // This connection came back now; one taken back out of the lane instead came
-            // back when it was parked, unless it has outlived its lifetime since.
-            let at = if lease.expires().is_some_and(|t| t <= now) {
-                now
-            } else {
-                conn.last_used
-            };
+            let at = returned_at(&lease, &conn, || now);
             (state.machine.release(lease, conn, how, at).err(), bt)
         });
         // A rejected connection or a backtrace is dropped here, outside the lock.
@@ -475,19 +469,14 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
     }
 
     /// Under the lock: hands the machine every connection parked in the lane (to serve
-    /// waiters, to close, or to idle), each with the instant it came back, so the idle
-    /// timeout counts from then. One past its lifetime is handed over at the current time,
-    /// so the machine retires it.
+    /// waiters, to close, or to idle), each with the instant it came back (see
+    /// [`returned_at`]), reading the clock only for connections with a lifetime.
     fn unpark(&self, lane: &Lane<Parked<M>>, state: &mut State<M>) {
         let mut now = None;
         while let Some((lease, conn)) = lane.drain() {
-            let mut at = conn.last_used;
-            if let Some(expires) = lease.expires() {
-                let now = *now.get_or_insert_with(|| self.runtime.now());
-                if expires <= now {
-                    at = now;
-                }
-            }
+            let at = returned_at(&lease, &conn, || {
+                *now.get_or_insert_with(|| self.runtime.now())
+            });
             if let Err(rejected) = state.machine.release(lease, conn, Release::Reuse, at) {
                 state.rejected.extend(rejected.conn);
             }
@@ -580,6 +569,24 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
 impl<M: Manager, R: Runtime> Drop for Shared<M, R> {
     fn drop(&mut self) {
         self.poke_timer();
+    }
+}
+
+/// The instant to report a connection's return to the machine at: when it last came back
+/// (for one parked in the return lane, when it was parked, so the idle timeout counts from
+/// then), or `now` if it has outlived its lifetime since, so the machine retires it. `now`
+/// is only called for a connection with a lifetime.
+fn returned_at<C>(lease: &Lease, conn: &Conn<C>, now: impl FnOnce() -> Instant) -> Instant {
+    match lease.expires() {
+        Some(expires) => {
+            let now = now();
+            if expires <= now {
+                now
+            } else {
+                conn.last_used
+            }
+        }
+        None => conn.last_used,
     }
 }
 
