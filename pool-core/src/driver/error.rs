@@ -48,6 +48,10 @@ pub enum Error<E> {
     Closed,
     /// [`try_get`](super::Pool::try_get) found no idle connection.
     Exhausted(Status),
+    /// A connect failed with an error that cannot heal by waiting (see
+    /// [`Manager::is_fatal`](super::Manager::is_fatal)): the error, and the pool's status
+    /// when it arrived.
+    ConnectFailed(Arc<ConnectError<E>>, Status),
 }
 
 impl<E> Error<E> {
@@ -60,7 +64,7 @@ impl<E> Error<E> {
     pub fn status(&self) -> Option<Status> {
         match self {
             Self::TimedOut(t) => Some(t.status),
-            Self::Exhausted(s) => Some(*s),
+            Self::Exhausted(s) | Self::ConnectFailed(_, s) => Some(*s),
             Self::Closed => None,
         }
     }
@@ -72,6 +76,10 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
             Self::TimedOut(t) => t.fmt(f),
             Self::Closed => f.write_str("the pool is closed"),
             Self::Exhausted(s) => write!(f, "no idle connection ({s})"),
+            Self::ConnectFailed(_, s) => write!(
+                f,
+                "cannot open a connection, and waiting will not help ({s})"
+            ),
         }
     }
 }
@@ -80,6 +88,7 @@ impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::TimedOut(t) => t.last_connect_error.as_deref().map(|e| e as _),
+            Self::ConnectFailed(e, _) => Some(&**e),
             _ => None,
         }
     }

@@ -100,6 +100,23 @@ pub trait Manager: Send + Sync + 'static {
     /// Opens a new connection. The pool bounds it by its connect timeout.
     fn connect(&self) -> impl Future<Output = Result<Self::Connection, Self::Error>> + Send;
 
+    /// Whether a connect error cannot heal by waiting (wrong password, unknown database, a
+    /// server that demands TLS the manager does not speak, a bad configuration).
+    ///
+    /// A fatal error reaches every waiting task at once ([`Error::ConnectFailed`]), and
+    /// acquires that would have to wait fail with it at once until a connect succeeds; the
+    /// pool keeps retrying in the background with its back-off, so it heals by itself once
+    /// the cause is fixed (the database created, the password changed). A transient error
+    /// (refused, reset, timed out, the server starting up or shutting down) leaves waiters
+    /// waiting until their deadline while the pool retries. The default: every error is
+    /// transient.
+    ///
+    /// [`Error::ConnectFailed`]: super::Error::ConnectFailed
+    fn is_fatal(&self, error: &Self::Error) -> bool {
+        let _ = error;
+        false
+    }
+
     /// Checks a connection on checkout (skipped for connections used within the check bypass
     /// window). An error discards the connection and the acquire tries again.
     fn check(
