@@ -29,8 +29,8 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::machine::{
-    AcquireError, Acquired, Action, CloseReason, Config, ConfigError, Lease, LeaseId, Machine,
-    Release, SlotId, WaiterId,
+    AcquireError, Acquired, Action, CloseReason, Config, ConfigError, Failure, Lease, LeaseId,
+    Machine, Release, SlotId, WaiterId,
 };
 
 /// A fake connection: just a number, unique within a simulation.
@@ -68,8 +68,14 @@ pub enum TaskState {
 }
 
 enum Event {
-    Connect { slot: SlotId, ok: bool },
-    Closed { slot: SlotId },
+    /// A connect finishes: `None` if it succeeds, else how it fails.
+    Connect {
+        slot: SlotId,
+        failure: Option<Failure>,
+    },
+    Closed {
+        slot: SlotId,
+    },
 }
 
 /// The simulator: a machine, its fake driver and fake connector, on virtual time.
@@ -85,8 +91,8 @@ pub struct Sim {
     seq: u64,
     connect_latency: Duration,
     close_latency: Duration,
-    fail_connects: VecDeque<bool>,
-    failing: bool,
+    fail_connects: VecDeque<Failure>,
+    failing: Option<Failure>,
     next_conn: u64,
     opens: usize,
     /// Virtual time (since the start) of every `Open` action, in order.
@@ -122,7 +128,7 @@ impl Sim {
             connect_latency: Duration::from_millis(10),
             close_latency: Duration::ZERO,
             fail_connects: VecDeque::new(),
-            failing: false,
+            failing: None,
             next_conn: 1,
             opens: 0,
             opened_at: Vec::new(),
@@ -151,14 +157,21 @@ impl Sim {
         self.close_latency = latency;
     }
 
-    /// Makes the next `n` connects fail (after the connect latency).
+    /// Makes the next `n` connects fail (after the connect latency), transiently.
     pub fn fail_next_connects(&mut self, n: usize) {
-        self.fail_connects.extend(std::iter::repeat_n(true, n));
+        self.fail_connects
+            .extend(std::iter::repeat_n(Failure::Transient, n));
     }
 
-    /// Makes every connect fail until turned off (the server is down).
+    /// Makes every connect fail transiently until turned off (the server is down).
     pub fn set_failing(&mut self, failing: bool) {
-        self.failing = failing;
+        self.failing = failing.then_some(Failure::Transient);
+    }
+
+    /// Makes every connect fail as `failure` says until `None` (a wrong password is
+    /// [`Failure::Fatal`]).
+    pub fn set_failing_with(&mut self, failure: Option<Failure>) {
+        self.failing = failure;
     }
 
     // ----- what tasks do -------------------------------------------------------------------
@@ -411,7 +424,10 @@ impl Sim {
             return;
         };
         match event {
-            Event::Connect { slot, ok: true } => {
+            Event::Connect {
+                slot,
+                failure: None,
+            } => {
                 let conn = SimConn(self.next_conn);
                 self.next_conn += 1;
                 self.say(format!("connect for slot {} done: {conn:?}", slot.index()));
@@ -419,10 +435,17 @@ impl Sim {
                     self.say(format!("connect result rejected: {rejected:?}"));
                 }
             }
-            Event::Connect { slot, ok: false } => {
-                self.say(format!("connect for slot {} failed", slot.index()));
-                let error = SimError("connection refused".into());
-                self.machine.handle_connect_failed(slot, error, self.now);
+            Event::Connect {
+                slot,
+                failure: Some(failure),
+            } => {
+                let error = SimError(match failure {
+                    Failure::Transient => "connection refused".into(),
+                    Failure::Fatal => "password authentication failed".into(),
+                });
+                self.say(format!("connect for slot {} failed: {error}", slot.index()));
+                self.machine
+                    .handle_connect_failed(slot, error, failure, self.now);
             }
             Event::Closed { slot } => {
                 self.machine.handle_closed(slot, self.now);
@@ -437,11 +460,11 @@ impl Sim {
                 Action::Open { slot } => {
                     self.opens += 1;
                     self.opened_at.push(self.elapsed());
-                    let fail = self.fail_connects.pop_front().unwrap_or(false) || self.failing;
+                    let failure = self.fail_connects.pop_front().or(self.failing);
                     self.say(format!("open #{} for slot {}", self.opens, slot.index()));
                     self.schedule(
                         self.now + self.connect_latency,
-                        Event::Connect { slot, ok: !fail },
+                        Event::Connect { slot, failure },
                     );
                 }
                 Action::Close { slot, conn, reason } => {

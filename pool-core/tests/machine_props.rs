@@ -30,8 +30,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use pool_core::machine::{
-    AcquireError, Acquired, Action, CloseReason, Config, Lease, Machine, Rejected, Release, SlotId,
-    Status, WaiterId, MAX_SIZE_LIMIT,
+    AcquireError, Acquired, Action, CloseReason, Config, Failure, Lease, Machine, Rejected,
+    Release, SlotId, Status, WaiterId, MAX_SIZE_LIMIT,
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -109,6 +109,7 @@ enum Op {
     },
     ConnectFail {
         sel: usize,
+        fatal: bool,
     },
     /// `handle_connected` for a slot that is not opening.
     StaleConnected {
@@ -189,7 +190,14 @@ struct PendingClose {
 enum WState {
     Queued,
     Granted(Conn),
-    TimedOut { at: Instant },
+    TimedOut {
+        at: Instant,
+    },
+    /// Failed by a fatal connect error (it reports the newest), with the pool's waiting
+    /// count then.
+    Failed {
+        waiting: usize,
+    },
     Closed,
 }
 
@@ -211,6 +219,8 @@ enum Kind {
     Close,
     /// `set_max_size`: no Wake at all.
     SetMax,
+    /// A fatal connect failure: a Wake fails a waiter beyond the connections in use.
+    Fatal,
 }
 
 /// What may become of a connection handed to the machine in a step.
@@ -231,7 +241,8 @@ struct Ctx {
     expect_noop: bool,
     /// `handle_timeout` was called at this step's `now`.
     timeout_called: bool,
-    /// The waiters the step must time out, in this order.
+    /// The waiters the step must time out (or fail, after a fatal connect error), in this
+    /// order.
     expect_timeouts: VecDeque<WaiterId>,
     /// The connection handed to the machine and its acceptable fates.
     inflight: Option<(Conn, Vec<Fate>)>,
@@ -273,9 +284,16 @@ struct Harness {
     dead_waiters: Vec<WaiterId>,
     closed: bool,
     drained: u32,
-    /// Connect failures since the last success.
+    /// Connect failures since the last success, one per outage step: failures of connects
+    /// opened before the last counted failure (in flight with it) do not count.
     streak: u32,
+    /// `all_slots.len()` at the last counted failure: slots from there on count.
+    outage_mark: usize,
     last_error: Option<Error>,
+    /// The last connect failed fatally.
+    fatal: bool,
+    /// The last fatal connect error.
+    fatal_error: Option<Error>,
     failures_total: u64,
     /// The earliest and latest instants the current back-off may end.
     backoff_floor: Option<Instant>,
@@ -312,7 +330,10 @@ impl Harness {
             closed: false,
             drained: 0,
             streak: 0,
+            outage_mark: 0,
             last_error: None,
+            fatal: false,
+            fatal_error: None,
             failures_total: 0,
             backoff_floor: None,
             backoff_ceil: None,
@@ -501,6 +522,14 @@ impl Harness {
                             !must_ready,
                             "acquire waits while a fresh idle connection exists"
                         );
+                        let before = ctx.before;
+                        ensure!(
+                            !(self.fatal
+                                && before.opening == 0
+                                && before.waiting >= before.in_use
+                                && self.backoff_floor.is_some_and(|t| now < t)),
+                            "acquire waits although a fatal error left it no hope ({before:?})"
+                        );
                         ensure!(
                             deadline.is_none_or(|d| d > now),
                             "acquire waits with a deadline already due"
@@ -553,6 +582,35 @@ impl Harness {
                             t.last_connect_error,
                             self.last_error
                         );
+                        ctx.lease_idle = Some(None);
+                    }
+                    Err(AcquireError::ConnectFailed(e, status)) => {
+                        let before = ctx.before;
+                        ensure!(
+                            !must_ready,
+                            "acquire failed fast while a fresh idle connection exists"
+                        );
+                        ensure!(
+                            self.fatal
+                                && before.opening == 0
+                                && before.waiting >= before.in_use
+                                && self.backoff_ceil.is_some_and(|t| now < t),
+                            "acquire failed fast with {e:?}: fatal {}, {before:?}, back-off until +{:?}",
+                            self.fatal,
+                            self.backoff_ceil.map(|t| t - self.t0)
+                        );
+                        ensure!(
+                            Some(&e) == self.fatal_error.as_ref(),
+                            "failed fast with {e:?}, the last fatal error was {:?}",
+                            self.fatal_error
+                        );
+                        ensure!(
+                            status.waiting == before.waiting + 1,
+                            "a fast failure reports {} waiting, expected {}",
+                            status.waiting,
+                            before.waiting + 1
+                        );
+                        self.hit("acquire fails fast");
                         ctx.lease_idle = Some(None);
                     }
                     Err(e) => return Err(format!("acquire failed with {e:?}")),
@@ -644,7 +702,10 @@ impl Harness {
                     }
                     // Not a no-op even for a resolved waiter: like every input that may
                     // free capacity, cancel opens for demand once a back-off is over.
-                    WState::Queued | WState::TimedOut { .. } | WState::Closed => {}
+                    WState::Queued
+                    | WState::TimedOut { .. }
+                    | WState::Failed { .. }
+                    | WState::Closed => {}
                 }
             }
             Op::CancelStale { sel } => {
@@ -745,33 +806,59 @@ impl Harness {
                 ctx.inflight = Some((c, fates));
                 self.streak = 0;
                 self.last_error = None;
+                self.fatal = false;
                 self.backoff_floor = None;
                 self.backoff_ceil = None;
                 self.backoff_over = false;
             }
-            Op::ConnectFail { sel } => {
+            Op::ConnectFail { sel, fatal } => {
                 if self.pending_opens.is_empty() {
                     return Ok(());
                 }
                 let slot = self.pending_opens.remove(sel % self.pending_opens.len());
                 self.failures_total += 1;
                 let error = format!("refused #{}", self.failures_total);
+                let failure = if fatal {
+                    // Every queued waiter beyond the connections in use fails, in order.
+                    ctx.kind = Kind::Fatal;
+                    ctx.expect_timeouts =
+                        self.queue.iter().skip(ctx.before.in_use).copied().collect();
+                    self.fatal_error = Some(error.clone());
+                    self.hit(if ctx.expect_timeouts.is_empty() {
+                        "fatal connect failure"
+                    } else {
+                        "fatal connect failure fails waiters"
+                    });
+                    Failure::Fatal
+                } else {
+                    Failure::Transient
+                };
+                self.fatal = fatal;
                 ensure!(
-                    self.m.handle_connect_failed(slot, error.clone(), now),
+                    self.m
+                        .handle_connect_failed(slot, error.clone(), failure, now),
                     "failure of pending {slot:?} ignored"
                 );
-                self.streak += 1;
                 self.last_error = Some(error);
-                let exp = (self.streak - 1).min(31);
-                let delay = self
-                    .config
-                    .backoff_base
-                    .checked_mul(1 << exp)
-                    .unwrap_or(Duration::MAX)
-                    .min(self.config.backoff_max);
-                self.backoff_floor = Some(now + delay / 2);
-                self.backoff_ceil = Some(now + delay);
-                self.backoff_over = false;
+                let position = self.all_slots.iter().position(|s| *s == slot);
+                if position.is_none_or(|p| p < self.outage_mark) {
+                    // In flight with the failure that started this outage step: the
+                    // back-off neither grows nor restarts.
+                    self.hit("failure of a connect in flight with the last");
+                } else {
+                    self.outage_mark = self.all_slots.len();
+                    self.streak += 1;
+                    let exp = (self.streak - 1).min(31);
+                    let delay = self
+                        .config
+                        .backoff_base
+                        .checked_mul(1 << exp)
+                        .unwrap_or(Duration::MAX)
+                        .min(self.config.backoff_max);
+                    self.backoff_floor = Some(now + delay / 2);
+                    self.backoff_ceil = Some(now + delay);
+                    self.backoff_over = false;
+                }
             }
             Op::StaleConnected { sel } => {
                 let Some(slot) = self.pick_slot(sel, |s| !self.pending_opens.contains(s)) else {
@@ -789,7 +876,9 @@ impl Harness {
                     return Ok(());
                 };
                 ensure!(
-                    !self.m.handle_connect_failed(slot, "stale".into(), now),
+                    !self
+                        .m
+                        .handle_connect_failed(slot, "stale".into(), Failure::Transient, now),
                     "stale connect failure of {slot:?} accepted"
                 );
                 self.hit("stale connect failure");
@@ -940,6 +1029,21 @@ impl Harness {
                     "time-out reports error {:?}, expected {:?}",
                     t.last_connect_error,
                     self.last_error
+                );
+                self.remove_waiter(w);
+                ctx.expect_noop = true;
+            }
+            (Err(AcquireError::ConnectFailed(e, s)), WState::Failed { waiting }) => {
+                self.hit("take failed by a fatal connect error");
+                ensure!(
+                    Some(&e) == self.fatal_error.as_ref(),
+                    "failed with {e:?}, the newest fatal error is {:?}",
+                    self.fatal_error
+                );
+                ensure!(
+                    s.waiting == waiting,
+                    "the failure reports {} waiting, {waiting} were",
+                    s.waiting
                 );
                 self.remove_waiter(w);
                 ctx.expect_noop = true;
@@ -1181,6 +1285,19 @@ impl Harness {
                 }
             }
             Kind::SetMax => return Err(format!("set_max_size woke {w:?}")),
+            Kind::Fatal => {
+                let expected = ctx.expect_timeouts.pop_front();
+                ensure!(
+                    expected == Some(w),
+                    "a fatal connect error woke {w:?}, expected the failure of {expected:?}"
+                );
+                let waiting = ctx.before.waiting;
+                self.queue.retain(|q| *q != w);
+                self.hit("waiter failed by a fatal connect error");
+                if let Some(info) = self.waiters.get_mut(&w) {
+                    info.state = WState::Failed { waiting };
+                }
+            }
             Kind::Plain => {
                 // Invariant 8: nothing is granted after close. Invariant 4: FIFO.
                 ensure!(!self.closed, "Wake of {w:?} (a grant) after close");
@@ -1681,7 +1798,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => (0u8..8).prop_map(|churn| Op::ForeignRelease { churn }),
         1 => (0u8..8).prop_map(|churn| Op::ForeignDetach { churn }),
         10 => sel().prop_map(|sel| Op::ConnectOk { sel }),
-        3 => sel().prop_map(|sel| Op::ConnectFail { sel }),
+        3 => (sel(), prop::bool::weighted(0.3)).prop_map(|(sel, fatal)| Op::ConnectFail { sel, fatal }),
         1 => sel().prop_map(|sel| Op::StaleConnected { sel }),
         1 => sel().prop_map(|sel| Op::StaleConnectFailed { sel }),
         6 => sel().prop_map(|sel| Op::Closed { sel }),
@@ -1794,6 +1911,12 @@ fn generator_reaches_every_event() {
         "close surplus",
         "close pool closed",
         "close reclaimed",
+        "fatal connect failure",
+        "fatal connect failure fails waiters",
+        "waiter failed by a fatal connect error",
+        "take failed by a fatal connect error",
+        "acquire fails fast",
+        "failure of a connect in flight with the last",
     ];
     let missing: Vec<_> = expected
         .iter()

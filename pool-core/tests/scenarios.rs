@@ -11,8 +11,8 @@
 use std::time::{Duration, Instant};
 
 use pool_core::machine::{
-    AcquireError, Acquired, Action, CloseReason, Config, Lease, Machine, Release, SlotId, Status,
-    WaiterId, MAX_SIZE_LIMIT,
+    AcquireError, Acquired, Action, CloseReason, Config, Failure, Lease, Machine, Release, SlotId,
+    Status, WaiterId, MAX_SIZE_LIMIT,
 };
 use pool_core::sim::{Sim, SimConn, SimError, TaskState};
 
@@ -1047,9 +1047,9 @@ fn a_slot_reported_twice_is_ignored_and_not_confused_with_a_newer_slot() {
     let mut m = M::new(config).expect("valid config");
     let w = wait(&mut m, now);
     let first = single_open(&drain(&mut m));
-    assert!(m.handle_connect_failed(first, "refused".into(), now));
+    assert!(m.handle_connect_failed(first, "refused".into(), Failure::Transient, now));
     assert!(
-        !m.handle_connect_failed(first, "refused".into(), now),
+        !m.handle_connect_failed(first, "refused".into(), Failure::Transient, now),
         "repeated"
     );
 
@@ -1058,7 +1058,7 @@ fn a_slot_reported_twice_is_ignored_and_not_confused_with_a_newer_slot() {
     let second = single_open(&drain(&mut m));
     assert_eq!(second.index(), first.index(), "the index is reused");
     assert_ne!(second, first);
-    assert!(!m.handle_connect_failed(first, "stale".into(), later));
+    assert!(!m.handle_connect_failed(first, "stale".into(), Failure::Transient, later));
     assert!(!m.handle_closed(first, later));
     assert_eq!(m.status().opening, 1, "the newer slot is untouched");
 
@@ -1271,4 +1271,190 @@ fn detaching_frees_the_slot_and_a_waiter_gets_a_new_connection() {
     assert!(matches!(drain(&mut m)[..], [Action::Wake { waiter }] if waiter == w));
     let (_lease, conn) = take_granted(&mut m, w, now);
     assert_eq!(conn, 2);
+}
+
+// ----- outages and fatal connect errors (ARCHITECTURE.md, "Connect failures") -------------
+
+/// A restart: eight connections in use break together, 64 tasks want one, and the connects
+/// the pool starts for them all fail while the server is down. Those failures are one
+/// outage step, not eight: the pool probes again after the base back-off, one connect at a
+/// time, and is serving within `backoff_max` of the server coming back, knocking at most
+/// ten times a second meanwhile.
+#[test]
+fn a_restart_is_one_outage_and_the_pool_serves_within_the_backoff_cap_of_the_server_returning() {
+    for down in [ms(200), secs(3)] {
+        let config = Config::new(8);
+        let (cap, base) = (config.backoff_max, config.backoff_base);
+        let mut sim = Sim::new(config);
+        let latency = ms(2);
+        sim.set_connect_latency(latency);
+        for task in 0..8 {
+            sim.acquire(task, Some(secs(30)));
+        }
+        sim.settle(secs(1));
+        assert!((0..8).all(|task| holding(&sim, task)));
+        for task in 8..64 {
+            sim.acquire(task, Some(secs(30)));
+        }
+        // The server goes away: every connection in use comes back broken.
+        sim.set_failing(true);
+        let opens_before = sim.opens();
+        let went_down = sim.elapsed();
+        for task in 0..8 {
+            sim.release_as(task, Release::Broken);
+        }
+        sim.advance(down);
+        let attempts = sim.opens() - opens_before;
+        sim.set_failing(false);
+        let came_back = sim.elapsed();
+        sim.advance(cap + latency);
+
+        let outage = came_back - went_down;
+        // Eight at once when the server went, then one probe per back-off of at least
+        // half the base, then at least half the cap.
+        assert!(
+            attempts <= 8 + 1 + outage.as_millis() as usize / (base / 2).as_millis() as usize,
+            "{attempts} connect attempts in a {outage:?} outage"
+        );
+        let first_success = sim
+            .opened_at()
+            .iter()
+            .filter(|t| **t >= came_back)
+            .min()
+            .copied();
+        let served: usize = (8..64).filter(|t| holding(&sim, *t)).count();
+        assert_eq!(served, 8, "eight waiters served once the server is back");
+        let probe = first_success.map_or(Duration::ZERO, |t| t - came_back);
+        assert!(
+            probe <= cap,
+            "the first connect after the server came back started {probe:?} later (cap {cap:?})"
+        );
+        // The probes while the server was down: after the burst when it went, one at a
+        // time, each starting a back-off after the previous one failed.
+        let probes: Vec<Duration> = sim
+            .opened_at()
+            .iter()
+            .copied()
+            .filter(|t| *t > went_down && *t < came_back)
+            .collect();
+        let retries: Vec<Duration> = probes
+            .windows(2)
+            .map(|w| w[1] - w[0] - latency)
+            .collect();
+        assert!(
+            retries.iter().all(|d| *d >= base / 2),
+            "retries closer than half the base back-off: {retries:?}"
+        );
+        assert!(
+            (8..64).all(|t| holding(&sim, t) || waiting(&sim, t)),
+            "no waiter failed: they wait to their deadline"
+        );
+    }
+}
+
+/// Connects that were in flight together when the first of them failed count as one
+/// failure: the back-off after eight failed connects is the base, not 2^7 times it.
+#[test]
+fn connects_in_flight_together_count_as_one_failure() {
+    let mut config = Config::new(8);
+    config.backoff_base = ms(100);
+    config.backoff_max = secs(10);
+    let mut sim = Sim::new(config);
+    sim.set_connect_latency(ms(10));
+    sim.set_failing(true);
+    for task in 0..8 {
+        sim.acquire(task, None);
+    }
+    assert_eq!(sim.opens(), 8, "eight connects start together");
+    sim.advance(ms(10)); // all eight fail
+    sim.set_failing(false);
+    sim.advance(ms(100) + ms(10));
+    assert!(
+        (0..8).all(|t| holding(&sim, t)),
+        "served after one base back-off: {:?}",
+        sim.log()
+    );
+    let probe = sim.opened_at()[8];
+    assert!(
+        probe >= ms(10 + 50) && probe <= ms(10 + 100),
+        "the probe started at {probe:?}"
+    );
+}
+
+/// A wrong password cannot heal by waiting: the waiters it leaves without hope fail at once
+/// with the error (not at their deadline), and so do acquires during the back-off. After the
+/// back-off the next acquire tries again, and once the cause is fixed the pool serves.
+#[test]
+fn a_fatal_connect_error_fails_waiters_at_once_and_the_pool_heals_when_fixed() {
+    let mut sim = Sim::new(Config::new(4));
+    sim.set_connect_latency(ms(5));
+    sim.set_failing_with(Some(Failure::Fatal));
+    sim.acquire(0, Some(secs(30)));
+    sim.acquire(1, None);
+    sim.advance(ms(5));
+    for task in [0, 1] {
+        let AcquireError::ConnectFailed(error, status) = failure(&sim, task) else {
+            panic!("task {task}: {:?}", sim.task(task));
+        };
+        assert_eq!(error.0, "password authentication failed");
+        assert_eq!(status.waiting, 2, "{status:?}");
+    }
+    assert_eq!(sim.opens(), 2, "one connect per waiter, no retry");
+    // During the back-off, an acquire fails at once without a connect.
+    sim.acquire(2, Some(secs(30)));
+    assert!(matches!(failure(&sim, 2), AcquireError::ConnectFailed(..)));
+    assert_eq!(sim.opens(), 2);
+    // After it, the next acquire tries again (and fails again: still wrong)...
+    sim.advance(Config::new(4).backoff_max);
+    sim.acquire(3, Some(secs(30)));
+    assert!(waiting(&sim, 3));
+    assert_eq!(sim.opens(), 3);
+    sim.advance(ms(5));
+    assert!(matches!(failure(&sim, 3), AcquireError::ConnectFailed(..)));
+    // ...and once the password is right, the next attempt serves.
+    sim.set_failing_with(None);
+    sim.advance(Config::new(4).backoff_max);
+    sim.acquire(4, Some(secs(30)));
+    sim.advance(ms(5));
+    assert!(holding(&sim, 4), "{:?}", sim.log());
+}
+
+/// A fatal error fails only the waiters a connect would have had to serve: as many as there
+/// are connections in use keep waiting, since each may come back.
+#[test]
+fn a_fatal_connect_error_spares_the_waiters_returning_connections_can_serve() {
+    let mut sim = Sim::new(Config::new(4));
+    sim.set_connect_latency(ms(5));
+    sim.acquire(0, None);
+    sim.advance(ms(5));
+    assert!(holding(&sim, 0));
+    // The pool is not full, so a waiter starts a connect; the password changed meanwhile.
+    sim.set_failing_with(Some(Failure::Fatal));
+    sim.acquire(1, None);
+    sim.acquire(2, None);
+    sim.advance(ms(5));
+    assert!(waiting(&sim, 1), "the head waits for task 0's connection");
+    assert!(matches!(failure(&sim, 2), AcquireError::ConnectFailed(..)));
+    sim.release(0);
+    assert!(holding(&sim, 1));
+}
+
+/// A transient error after a fatal one (the server restarting while a password is fixed)
+/// makes waiting worthwhile again: waiters wait.
+#[test]
+fn a_transient_error_after_a_fatal_one_lets_waiters_wait_again() {
+    let mut sim = Sim::new(Config::new(2));
+    sim.set_connect_latency(ms(5));
+    sim.set_failing_with(Some(Failure::Fatal));
+    sim.acquire(0, None);
+    sim.advance(ms(5));
+    assert!(matches!(failure(&sim, 0), AcquireError::ConnectFailed(..)));
+    sim.set_failing_with(Some(Failure::Transient));
+    sim.advance(secs(1));
+    sim.acquire(1, Some(secs(5)));
+    sim.advance(ms(300));
+    assert!(waiting(&sim, 1), "{:?}", sim.task(1));
+    sim.set_failing_with(None);
+    sim.advance(secs(1));
+    assert!(holding(&sim, 1));
 }

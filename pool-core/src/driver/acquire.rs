@@ -12,12 +12,11 @@ use super::error::{ConnectError, Error};
 use super::guard::PooledConnection;
 use super::runtime::{Manager, Runtime};
 use super::shared::{ConnOf, Shared};
-use super::util::timeout;
+use super::util::{race, Either};
 use super::Pool;
-use crate::machine::{AcquireError, Acquired, Lease, Release, WaiterId};
+use crate::machine::{AcquireError, Acquired, Lease, Release, TimedOut, WaiterId};
 
-type Checking<'a, M, R> =
-    Pin<Box<dyn Future<Output = Option<PooledConnection<'a, M, R>>> + Send + 'a>>;
+type Checking<'a, M, R> = Pin<Box<dyn Future<Output = Checked<'a, M, R>> + Send + 'a>>;
 
 enum Stage<'a, M: Manager, R: Runtime> {
     Start,
@@ -37,6 +36,8 @@ enum Stage<'a, M: Manager, R: Runtime> {
 pub struct Acquire<'a, M: Manager, R: Runtime> {
     pool: &'a Pool<M, R>,
     timeout: Option<Duration>,
+    /// When the acquire first read the clock (the start of its wait), once it has.
+    started: Option<Instant>,
     deadline: Option<Instant>,
     backtrace: Option<Arc<Backtrace>>,
     stage: Stage<'a, M, R>,
@@ -47,6 +48,7 @@ impl<'a, M: Manager, R: Runtime> Acquire<'a, M, R> {
         Self {
             pool,
             timeout,
+            started: None,
             deadline: None,
             backtrace: None,
             stage: Stage::Start,
@@ -74,9 +76,11 @@ impl<'a, M: Manager, R: Runtime> Acquire<'a, M, R> {
             || now.saturating_duration_since(conn.last_used) < settings.check_bypass;
         let mut guard = PooledConnection::new(shared, lease, conn);
         // Never lend a connection the manager can already tell is broken (the server closed
-        // it while it was idle): close it and acquire again. If this user code panics, the
-        // guard is dropped while unwinding, which closes the connection.
-        if shared.manager.has_broken(&mut guard) {
+        // it while it was idle): close it and acquire again. A panic there counts as broken.
+        let broken = shared.panics.guard("Manager::has_broken", || {
+            shared.manager.has_broken(&mut guard)
+        });
+        if broken != Some(false) {
             guard.close(Release::Broken);
             self.stage = Stage::Start;
             return None;
@@ -84,34 +88,95 @@ impl<'a, M: Manager, R: Runtime> Acquire<'a, M, R> {
         if skip {
             return Some(guard);
         }
-        self.stage = Stage::Checking(Box::pin(check(shared, guard)));
+        self.stage = Stage::Checking(Box::pin(check(shared, guard, self.deadline)));
         None
+    }
+
+    /// The start of this acquire's wait, and its deadline, from the first clock reading.
+    fn start_clock(&mut self, now: Instant) {
+        if self.started.is_none() {
+            self.started = Some(now);
+            self.deadline = self.timeout.and_then(|t| now.checked_add(t));
+        }
+    }
+
+    /// The error of an acquire whose deadline passed outside the machine's queue (during a
+    /// checkout check, or right after one failed): how long it really waited, and the pool
+    /// as it is now.
+    fn timed_out(&self, now: Instant) -> Error<M::Error> {
+        let shared = &self.pool.shared;
+        let state = shared.lock();
+        let mut status = shared.status(&state);
+        status.waiting += 1;
+        let last_connect_error = state.machine.last_connect_error().cloned();
+        drop(state);
+        Error::TimedOut(TimedOut {
+            waited: self.waited(now),
+            status,
+            last_connect_error,
+        })
+    }
+
+    /// How long this acquire has waited by `now`.
+    fn waited(&self, now: Instant) -> Duration {
+        self.started
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
     }
 }
 
-/// Runs the manager's checkout check; `None` (and the connection closed) if it fails.
+/// What became of a checkout check.
+enum Checked<'a, M: Manager, R: Runtime> {
+    /// It passed: lend the connection.
+    Passed(PooledConnection<'a, M, R>),
+    /// It failed (or took longer than the check timeout): the connection was closed; try
+    /// again.
+    Failed,
+    /// The acquire's deadline came first: the connection was closed (its state is
+    /// unknown); the acquire fails.
+    Deadline,
+}
+
+/// Runs the manager's checkout check, bounded by the check timeout and by the acquire's
+/// `deadline`, whichever comes first. The connection is closed unless the check passed.
 async fn check<'a, M: Manager, R: Runtime>(
     shared: &'a Shared<M, R>,
     mut guard: PooledConnection<'a, M, R>,
-) -> Option<PooledConnection<'a, M, R>> {
+    deadline: Option<Instant>,
+) -> Checked<'a, M, R> {
     // If this future is dropped mid-check, the connection's state is unknown: close it.
-    guard.tainted = true;
-    let limit = shared.settings.connect_timeout;
-    let result = match timeout(&shared.runtime, limit, shared.manager.check(&mut guard)).await {
-        Some(result) => result.map_err(|e| e.to_string()),
-        None => Err(format!("timed out after {limit:?}")),
+    guard.close_on_drop = true;
+    let limit = shared.settings.check_timeout;
+    let now = shared.runtime.now();
+    let own = now.checked_add(limit);
+    let (until, by_deadline) = match (own, deadline) {
+        (Some(own), Some(deadline)) if deadline < own => (Some(deadline), true),
+        (own, None) => (own, false),
+        (Some(own), Some(_)) => (Some(own), false),
+        (None, deadline) => (deadline, deadline.is_some()),
     };
-    match result {
-        Ok(()) => {
-            guard.tainted = false;
-            Some(guard)
+    let checking = shared
+        .panics
+        .guard_future("Manager::check", shared.manager.check(&mut guard));
+    let result = match until {
+        Some(until) => match race(checking, shared.runtime.sleep_until(until)).await {
+            Either::Left(result) => Some(result),
+            Either::Right(_) => None,
+        },
+        None => Some(checking.await),
+    };
+    let error = match result {
+        Some(Some(Ok(()))) => {
+            guard.close_on_drop = false;
+            return Checked::Passed(guard);
         }
-        Err(error) => {
-            tracing::warn!(%error, "checkout check failed; closing the connection and trying again");
-            shared.lock().metrics.checks_failed += 1;
-            None
-        }
-    }
+        Some(Some(Err(e))) => e.to_string(),
+        Some(None) => "it panicked".to_owned(),
+        None if by_deadline => return Checked::Deadline,
+        None => format!("timed out after {limit:?}"),
+    };
+    tracing::warn!(%error, "checkout check failed; closing the connection and trying again");
+    shared.lock().metrics.checks_failed += 1;
+    Checked::Failed
 }
 
 impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
@@ -125,6 +190,14 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                 Stage::Start => {
                     // Yield for the cooperative budget before taking a connection, never after.
                     ready!(shared.runtime.poll_budget(cx));
+                    // After a failed checkout check: the deadline may have passed meanwhile.
+                    if let Some(deadline) = this.deadline {
+                        let now = shared.runtime.now();
+                        if now >= deadline {
+                            this.stage = Stage::Done;
+                            return Poll::Ready(Err(this.timed_out(now)));
+                        }
+                    }
                     // The hot path: a connection parked in the return lane, lent without
                     // the lock, reading the clock only if a configured feature needs the
                     // time (see `Clock`). Otherwise the full acquire below, which reads the
@@ -134,18 +207,18 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                             this.stage = Stage::Done;
                             return Poll::Ready(Ok(guard));
                         }
-                        // A checkout check started (or the connection was broken): the
-                        // deadline runs from now, as it would have from the clock read of the
-                        // full acquire.
-                        if this.deadline.is_none() {
-                            let now = shared.runtime.now();
-                            this.deadline = this.timeout.and_then(|t| now.checked_add(t));
+                        // A checkout check started (or the connection was broken): the wait
+                        // and the deadline run from here, as they would have from the clock
+                        // read of the full acquire. (A check started before the clock was
+                        // read is bounded by the check timeout alone; its retry is not.)
+                        if this.started.is_none() {
+                            this.start_clock(shared.runtime.now());
                         }
                         continue;
                     }
                     let now = shared.runtime.now();
-                    if this.deadline.is_none() {
-                        this.deadline = this.timeout.and_then(|t| now.checked_add(t));
+                    if this.started.is_none() {
+                        this.start_clock(now);
                         if shared.settings.leak_backtraces && this.backtrace.is_none() {
                             this.backtrace = Some(Arc::new(Backtrace::force_capture()));
                         }
@@ -166,6 +239,10 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                                 state.metrics.timed_out += 1;
                                 Some(waker)
                             }
+                            Err(AcquireError::ConnectFailed(..)) => {
+                                state.metrics.failed_fast += 1;
+                                Some(waker)
+                            }
                             Err(_) => Some(waker),
                         };
                         (outcome, unused)
@@ -184,7 +261,7 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                         }
                         Err(e) => {
                             this.stage = Stage::Done;
-                            return Poll::Ready(Err(convert(e)));
+                            return Poll::Ready(Err(this.convert(e, now)));
                         }
                     }
                 }
@@ -204,6 +281,7 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                                 m.wait_max = m.wait_max.max(waited);
                             }
                             Err(AcquireError::TimedOut(_)) => state.metrics.timed_out += 1,
+                            Err(AcquireError::ConnectFailed(..)) => state.metrics.failed_fast += 1,
                             Err(_) => {}
                         }
                         outcome
@@ -219,35 +297,55 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                         }
                         Err(e) => {
                             this.stage = Stage::Done;
-                            let e = convert(e);
-                            if let Error::TimedOut(t) = &e {
-                                tracing::warn!("{t}");
+                            let e = this.convert(e, now);
+                            match &e {
+                                Error::TimedOut(t) => tracing::warn!("{t}"),
+                                Error::ConnectFailed(..) => tracing::warn!("{e}"),
+                                _ => {}
                             }
                             return Poll::Ready(Err(e));
                         }
                     }
                 }
                 Stage::Checking(checking) => match ready!(checking.as_mut().poll(cx)) {
-                    Some(guard) => {
+                    Checked::Passed(guard) => {
                         this.stage = Stage::Done;
                         return Poll::Ready(Ok(guard));
                     }
                     // The check failed and the connection was closed: try again, same deadline.
-                    None => this.stage = Stage::Start,
+                    Checked::Failed => this.stage = Stage::Start,
+                    Checked::Deadline => {
+                        this.stage = Stage::Done;
+                        let e = this.timed_out(shared.runtime.now());
+                        tracing::warn!("{e} (during the checkout check)");
+                        return Poll::Ready(Err(e));
+                    }
                 },
-                Stage::Done => return Poll::Pending,
+                Stage::Done => panic!("`Acquire` polled after it completed"),
             }
         }
     }
 }
 
-fn convert<E>(e: AcquireError<Arc<ConnectError<E>>>) -> Error<E> {
-    match e {
-        AcquireError::TimedOut(t) => Error::TimedOut(t),
-        AcquireError::Exhausted(s) => Error::Exhausted(s),
-        // A waiter the machine no longer knows was resolved already; from the caller's view
-        // the pool has nothing for it, which only happens once it is closed.
-        _ => Error::Closed,
+impl<M: Manager, R: Runtime> Acquire<'_, M, R> {
+    /// The machine's answer as the caller's error; a time-out reports how long this acquire
+    /// waited in all (a checkout check before it joined the queue included).
+    fn convert(
+        &self,
+        e: AcquireError<Arc<ConnectError<M::Error>>>,
+        now: Instant,
+    ) -> Error<M::Error> {
+        match e {
+            AcquireError::TimedOut(mut t) => {
+                t.waited = self.waited(now);
+                Error::TimedOut(t)
+            }
+            AcquireError::Exhausted(s) => Error::Exhausted(s),
+            AcquireError::ConnectFailed(e, s) => Error::ConnectFailed(e, s),
+            // A waiter the machine no longer knows was resolved already; from the caller's
+            // view the pool has nothing for it, which only happens once it is closed.
+            _ => Error::Closed,
+        }
     }
 }
 

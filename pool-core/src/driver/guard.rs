@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use super::runtime::{Manager, Runtime};
@@ -26,8 +25,8 @@ pub struct PooledConnection<'a, M: Manager, R: Runtime> {
     lender: Lender<'a, M, R>,
     /// `Some` until the guard is dropped or detached.
     inner: Option<(Lease, ConnOf<M>)>,
-    /// Close instead of reuse on drop.
-    pub(crate) tainted: bool,
+    /// Close instead of reuse on drop (the connection's state is unknown).
+    pub(crate) close_on_drop: bool,
 }
 
 /// Where a guard gives its connection back: the pool it borrows, or a handle of its own.
@@ -50,7 +49,7 @@ impl<'a, M: Manager, R: Runtime> PooledConnection<'a, M, R> {
         Self {
             lender: Lender::Borrowed(shared),
             inner: Some((lease, conn)),
-            tainted: false,
+            close_on_drop: false,
         }
     }
 
@@ -60,7 +59,7 @@ impl<'a, M: Manager, R: Runtime> PooledConnection<'a, M, R> {
         PooledConnection {
             lender: Lender::Owned(Arc::clone(self.lender.shared())),
             inner: self.inner.take(),
-            tainted: self.tainted,
+            close_on_drop: self.close_on_drop,
         }
     }
 
@@ -80,7 +79,7 @@ impl<'a, M: Manager, R: Runtime> PooledConnection<'a, M, R> {
     /// Closes the connection instead of returning it to the pool (its slot is freed and
     /// may be refilled).
     pub fn discard(mut self) {
-        self.tainted = true;
+        self.close_on_drop = true;
     }
 
     /// Takes the connection out of the pool for good: its slot is freed (and may be
@@ -139,24 +138,27 @@ impl<M: Manager, R: Runtime> Drop for PooledConnection<'_, M, R> {
             return;
         };
         let shared = self.lender.shared();
-        let how = if self.tainted || std::thread::panicking() {
+        let how = if self.close_on_drop || std::thread::panicking() {
             Release::Discard
         } else {
             // User code: a panic in it counts as "broken" rather than losing the lease.
             let manager = &shared.manager;
-            match catch_unwind(AssertUnwindSafe(|| {
-                (
-                    manager.has_broken(&mut conn.raw),
-                    manager.needs_reset(&conn.raw),
-                )
-            })) {
-                Ok((true, _)) | Err(_) => Release::Broken,
-                Ok((false, true)) => {
+            let verdict = shared
+                .panics
+                .guard("Manager::has_broken or needs_reset", || {
+                    (
+                        manager.has_broken(&mut conn.raw),
+                        manager.needs_reset(&conn.raw),
+                    )
+                });
+            match verdict {
+                Some((true, _)) | None => Release::Broken,
+                Some((false, true)) => {
                     let task = reset(Arc::clone(shared), lease, conn);
                     shared.runtime.spawn(task);
                     return;
                 }
-                Ok((false, false)) => Release::Reuse,
+                Some((false, false)) => Release::Reuse,
             }
         };
         release(shared, lease, conn, how);
@@ -200,8 +202,12 @@ async fn reset<M: Manager, R: Runtime>(shared: Arc<Shared<M, R>>, lease: Lease, 
         return;
     };
     let limit = shared.settings.reset_timeout;
-    let ok = match timeout(&shared.runtime, limit, shared.manager.reset(&mut conn.raw)).await {
-        Some(result) => result.map_err(|e| e.to_string()),
+    let resetting = shared
+        .panics
+        .guard_future("Manager::reset", shared.manager.reset(&mut conn.raw));
+    let ok = match timeout(&shared.runtime, limit, resetting).await {
+        Some(Some(result)) => result.map_err(|e| e.to_string()),
+        Some(None) => Err("it panicked".to_owned()),
         None => Err(format!("timed out after {limit:?}")),
     };
     match ok {

@@ -17,6 +17,7 @@ mod acquire;
 mod error;
 mod guard;
 mod lane;
+mod panics;
 mod runtime;
 mod shared;
 mod util;
@@ -59,8 +60,13 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
     /// Acquires a connection, waiting at most the pool's acquire timeout.
     ///
     /// # Errors
-    /// The future resolves to [`Error::TimedOut`] (with the pool's state and the last connect
-    /// error) or [`Error::Closed`].
+    /// The future resolves to [`Error::TimedOut`] (with how long it waited, the pool's state
+    /// and the last connect error) once the acquire timeout passes, whatever was running then
+    /// (a connect, a checkout check); to [`Error::ConnectFailed`] at once if connects fail with
+    /// an error that waiting cannot heal (see [`Manager::is_fatal`]); or to [`Error::Closed`].
+    ///
+    /// # Panics
+    /// The future panics if polled again after it completed.
     ///
     /// # Cancel safety
     /// Cancel safe: see [`Acquire`].
@@ -126,6 +132,27 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
             }
             guard.close(crate::machine::Release::Broken);
         }
+    }
+
+    /// Waits until the pool can lend a connection (HikariCP's start-up check,
+    /// `initializationFailTimeout`): acquires one within the acquire timeout and gives it
+    /// back, so it stays open and idle.
+    ///
+    /// ```no_run
+    /// # async fn start<M: pool_core::Manager, R: pool_core::Runtime>(manager: M) -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = pool_core::Pool::<M, R>::builder(manager).build()?;
+    /// pool.ready().await?; // fails at once on a wrong password, after the timeout if the server is down
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ConnectFailed`] at once if a connect fails with an error that waiting cannot
+    /// heal (wrong credentials, unknown database); [`Error::TimedOut`], carrying the last
+    /// connect error, if no connection opened before the acquire timeout;
+    /// [`Error::Closed`].
+    pub async fn ready(&self) -> Result<(), Error<M::Error>> {
+        drop(self.get().await?);
+        Ok(())
     }
 
     /// Runs `f` with a connection and gives the connection back afterwards, whatever happens
@@ -255,6 +282,12 @@ pub struct Metrics {
     pub resets_failed: u64,
     /// Leases reported as suspected leaks.
     pub leaks_suspected: u64,
+    /// Acquires failed at once by a connect error that waiting cannot heal
+    /// ([`Error::ConnectFailed`]).
+    pub failed_fast: u64,
+    /// Panics caught in user code (manager methods, hooks, a connection's `Drop`); the pool
+    /// logs each one and goes on.
+    pub panics: u64,
     /// Connections closed, by reason.
     pub closed: ClosedCounts,
 }
@@ -318,7 +351,8 @@ pub struct Builder<M: Manager, R: Runtime> {
 impl<M: Manager, R: Runtime> Builder<M, R> {
     /// A builder with the defaults: `max_size` 10, no `min_idle`, 10 min idle timeout,
     /// 30 min max lifetime, 30 s acquire timeout, 10 s connect timeout, checkout check
-    /// bypassed for connections used in the last 500 ms, no leak detection.
+    /// bypassed for connections used in the last 500 ms and bounded by 5 s, 5 s reset
+    /// timeout, back-off between failed connects from 50 ms up to 200 ms, no leak detection.
     pub fn new(manager: M) -> Self {
         Self {
             manager,
@@ -328,6 +362,7 @@ impl<M: Manager, R: Runtime> Builder<M, R> {
                 connect_timeout: Duration::from_secs(10),
                 check_on_checkout: true,
                 check_bypass: Duration::from_millis(500),
+                check_timeout: Duration::from_secs(5),
                 reset_timeout: Duration::from_secs(5),
                 leak_backtraces: false,
                 on_leak: None,
@@ -362,13 +397,16 @@ impl<M: Manager, R: Runtime> Builder<M, R> {
         self
     }
 
-    /// How long [`Pool::get`] waits; `None` waits forever.
+    /// How long [`Pool::get`] waits, whatever runs meanwhile (a connect, a checkout check);
+    /// `None` waits without limit, until a connection comes, the pool closes, or a connect
+    /// fails with an error that waiting cannot heal ([`Error::ConnectFailed`]). Zero is
+    /// refused by [`build`](Self::build): [`Pool::try_get`] is the acquire that never waits.
     pub fn acquire_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.settings.acquire_timeout = timeout;
         self
     }
 
-    /// How long one connect (and one checkout check) may take.
+    /// How long one connect may take.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.settings.connect_timeout = timeout;
         self
@@ -377,6 +415,14 @@ impl<M: Manager, R: Runtime> Builder<M, R> {
     /// How long one reset (before reuse) may take before the connection is closed instead.
     pub fn reset_timeout(mut self, timeout: Duration) -> Self {
         self.settings.reset_timeout = timeout;
+        self
+    }
+
+    /// How long one checkout check may take before the connection is closed and the acquire
+    /// tries again (HikariCP's validation timeout); the acquire's own deadline bounds it
+    /// too, whichever comes first.
+    pub fn check_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.check_timeout = timeout;
         self
     }
 
@@ -442,6 +488,16 @@ impl<M: Manager, R: Runtime> Builder<M, R> {
         }
         if self.settings.reset_timeout.is_zero() {
             return Err(ConfigError::new("reset_timeout", "must not be zero".into()).into());
+        }
+        if self.settings.check_timeout.is_zero() {
+            return Err(ConfigError::new("check_timeout", "must not be zero".into()).into());
+        }
+        if self.settings.acquire_timeout == Some(Duration::ZERO) {
+            return Err(ConfigError::new(
+                "acquire_timeout",
+                "must not be zero: every acquire would fail at once and no connection would ever open (use try_get for an acquire that never waits, or None to wait without limit)".into(),
+            )
+            .into());
         }
         let machine = Machine::new(self.config)?;
         let runtime = match self.runtime {

@@ -12,11 +12,13 @@ use parking_lot::{Mutex, MutexGuard};
 
 use super::error::ConnectError;
 use super::lane::Lane;
+use super::panics::Panics;
 use super::runtime::{Manager, Runtime};
 use super::util::{race, timeout};
 use super::Metrics;
 use crate::machine::{
-    Action, CloseReason, Config, Lease, LeaseId, Machine, Release, SlotId, Status, WaiterId,
+    Action, CloseReason, Config, Failure, Lease, LeaseId, Machine, Release, SlotId, Status,
+    WaiterId,
 };
 
 /// A pooled connection as the machine holds it.
@@ -68,6 +70,7 @@ pub(crate) struct Settings {
     pub(crate) connect_timeout: Duration,
     pub(crate) check_on_checkout: bool,
     pub(crate) check_bypass: Duration,
+    pub(crate) check_timeout: Duration,
     pub(crate) reset_timeout: Duration,
     pub(crate) leak_backtraces: bool,
     pub(crate) on_leak: Option<LeakHook>,
@@ -277,6 +280,8 @@ pub(crate) struct Shared<M: Manager, R: Runtime> {
     pub(crate) runtime: R,
     pub(crate) settings: Settings,
     pub(crate) clock: Clock,
+    /// Panics caught in user code (see `panics.rs`).
+    pub(crate) panics: Panics,
     /// Returned connections lent again without the lock (see [`Lane`]); `None` when leak
     /// detection or reclaim needs the machine to see every checkout.
     lane: Option<Lane<Parked<M>>>,
@@ -309,6 +314,7 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
             runtime,
             settings,
             clock,
+            panics: Panics::default(),
             lane,
             sweep,
             state: Mutex::new(state),
@@ -440,7 +446,7 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
             (state.machine.release(lease, conn, how, at).err(), bt)
         });
         // A rejected connection or a backtrace is dropped here, outside the lock.
-        drop(leftovers);
+        self.panics.drop_guarded("a connection's Drop", leftovers);
     }
 
     /// Under the lock, after every transition: opens the return lane if the machine has
@@ -509,6 +515,7 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
         if let Some(lane) = &self.lane {
             metrics.acquired += lane.lent();
         }
+        metrics.panics = self.panics.count();
         metrics
     }
 
@@ -527,7 +534,7 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
         for report in d.leaks.drain(..) {
             tracing::warn!(lease = report.lease.serial(), held_for = ?report.held_for, "{report}");
             if let Some(hook) = &self.settings.on_leak {
-                hook(&report);
+                self.panics.guard("the on_leak hook", || hook(&report));
             }
         }
         for (lease, held_for) in d.reclaims.drain(..) {
@@ -544,11 +551,13 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
             tracing::debug!("pool drained");
             self.drained.notify(usize::MAX);
         }
+        let rejected = std::mem::take(&mut d.rejected);
+        self.panics.drop_guarded("a connection's Drop", rejected);
         if !d.closes.is_empty() {
             let mut closed = Vec::with_capacity(d.closes.len());
             for (slot, conn, reason) in d.closes.drain(..) {
                 tracing::debug!(slot = slot.index(), %reason, "closing a connection");
-                drop(conn);
+                self.panics.drop_guarded("a connection's Drop", conn);
                 closed.push(slot);
             }
             let now = self.runtime.now();
@@ -557,6 +566,23 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
                     state.machine.handle_closed(slot, now);
                 }
             });
+        }
+    }
+
+    /// Whether a failed connect can heal by waiting: the manager decides for its own errors
+    /// (a panic there counts as transient); a time-out or an aborted connect is transient.
+    fn classify(&self, error: &ConnectError<M::Error>) -> Failure {
+        match error {
+            ConnectError::Failed(e) => {
+                match self
+                    .panics
+                    .guard("Manager::is_fatal", || self.manager.is_fatal(e))
+                {
+                    Some(true) => Failure::Fatal,
+                    _ => Failure::Transient,
+                }
+            }
+            _ => Failure::Transient,
         }
     }
 
@@ -623,17 +649,20 @@ async fn connect<M: Manager, R: Runtime>(shared: Arc<Shared<M, R>>, slot: SlotId
                     })
                 }
                 Err(error) => {
-                    tracing::warn!(slot = slot.index(), %error, "connect failed");
+                    let failure = self.shared.classify(&error);
+                    tracing::warn!(slot = slot.index(), %error, ?failure, "connect failed");
                     self.shared.transition(|state| {
                         state.metrics.connects_failed += 1;
                         state
                             .machine
-                            .handle_connect_failed(slot, Arc::new(error), now);
+                            .handle_connect_failed(slot, Arc::new(error), failure, now);
                         None
                     })
                 }
             };
-            drop(rejected);
+            self.shared
+                .panics
+                .drop_guarded("a connection's Drop", rejected);
         }
     }
 
@@ -644,8 +673,12 @@ async fn connect<M: Manager, R: Runtime>(shared: Arc<Shared<M, R>>, slot: SlotId
     };
     let shared = &report.shared;
     let limit = shared.settings.connect_timeout;
-    let outcome = match timeout(&shared.runtime, limit, shared.manager.connect()).await {
-        Some(result) => result.map_err(ConnectError::Failed),
+    let connecting = shared
+        .panics
+        .guard_future("Manager::connect", shared.manager.connect());
+    let outcome = match timeout(&shared.runtime, limit, connecting).await {
+        Some(Some(result)) => result.map_err(ConnectError::Failed),
+        Some(None) => Err(ConnectError::Aborted),
         None => Err(ConnectError::TimedOut(limit)),
     };
     report.outcome = Some(outcome);

@@ -29,9 +29,15 @@ pub struct Config {
     /// Opt-in stale reclaim: a lease held longer than this stops counting against
     /// `max_size`, so a replacement may open; when it finally comes back it is closed.
     pub reclaim_after: Option<Duration>,
-    /// The back-off after the first failed connect; it doubles with each further failure.
+    /// The back-off after the first failed connect; it doubles with each further failure
+    /// (connects that failed together count once). Each back-off is drawn between half its
+    /// length and all of it.
     pub backoff_base: Duration,
-    /// The longest back-off between connect attempts.
+    /// The longest back-off between connect attempts while they fail. It bounds both how
+    /// soon the pool notices that the server is back (at most this long after it accepts
+    /// connections again) and how often it knocks while it is down (at most one attempt per
+    /// half of it). The default, 200 ms, serves again within 200 ms of a restart with at
+    /// most 10 attempts a second.
     pub backoff_max: Duration,
     /// The seed of the machine's jitter, so a run replays exactly.
     pub seed: u64,
@@ -49,7 +55,7 @@ impl Config {
             leak_threshold: None,
             reclaim_after: None,
             backoff_base: Duration::from_millis(50),
-            backoff_max: Duration::from_secs(5),
+            backoff_max: Duration::from_millis(200),
             seed: 0x5eed_0f00_9001,
         }
     }

@@ -53,8 +53,8 @@ use slab::Slab;
 
 pub use config::{Config, ConfigError, MAX_SIZE_LIMIT};
 pub use types::{
-    AcquireError, Acquired, Action, CloseReason, Lease, LeaseId, Rejected, Release, SlotId, Status,
-    TimedOut, WaiterId,
+    AcquireError, Acquired, Action, CloseReason, Failure, Lease, LeaseId, Rejected, Release,
+    SlotId, Status, TimedOut, WaiterId,
 };
 
 /// The pool state machine, generic over the connection `C` and the connect error `E`.
@@ -76,10 +76,18 @@ pub struct Machine<C, E> {
     next_serial: u64,
     closed: bool,
     drained_reported: bool,
-    /// Consecutive failed connects since the last success.
+    /// Failed connects since the last success, counted once per outage step: connects that
+    /// were in flight together when one of them failed count as that one failure.
     failures: u32,
+    /// The first slot serial a failure counts from: slots reserved before the last counted
+    /// failure were in flight with it, and their failures are the same outage.
+    outage_mark: u64,
     backoff_until: Option<Instant>,
     last_connect_error: Option<E>,
+    /// The last connect failed with an error that waiting cannot heal ([`Failure::Fatal`]).
+    fatal: bool,
+    /// The last fatal connect error, kept for the waiters it failed until they collect it.
+    fatal_error: Option<E>,
     /// A lower bound of the earliest deadline: exact after `handle_timeout`, lowered by every
     /// input that adds a deadline, never raised before the next `handle_timeout`.
     next_timeout: Option<Instant>,
@@ -134,6 +142,11 @@ enum WaiterState {
         waited: Duration,
         status: Status,
     },
+    /// Failed by a fatal connect error (the machine's `fatal_error`), with the pool as it
+    /// was when the error arrived.
+    Failed {
+        status: Status,
+    },
     Closed,
 }
 
@@ -168,8 +181,11 @@ impl<C, E> Machine<C, E> {
             closed: false,
             drained_reported: false,
             failures: 0,
+            outage_mark: 0,
             backoff_until: None,
             last_connect_error: None,
+            fatal: false,
+            fatal_error: None,
             next_timeout: None,
         };
         machine.replenish(None);
@@ -278,6 +294,13 @@ impl<C, E> Machine<C, E> {
                 last_connect_error: self.last_connect_error.clone(),
             }));
         }
+        if self.waiting_is_hopeless(now, self.queue.len) {
+            if let Some(error) = self.fatal_error.clone() {
+                let mut status = self.status();
+                status.waiting += 1;
+                return Err(AcquireError::ConnectFailed(error, status));
+            }
+        }
         let waiter = self.enqueue(now, deadline);
         self.replenish(Some(now));
         Ok(Acquired::Waiting(waiter))
@@ -341,6 +364,14 @@ impl<C, E> Machine<C, E> {
                     last_connect_error: self.last_connect_error.clone(),
                 }))
             }
+            WaiterState::Failed { status } => {
+                self.waiters.remove(waiter.index as usize);
+                match self.fatal_error.clone() {
+                    Some(error) => Err(AcquireError::ConnectFailed(error, status)),
+                    // A waiter is only failed with a fatal error kept here.
+                    None => Err(AcquireError::Closed),
+                }
+            }
             WaiterState::Closed => {
                 self.waiters.remove(waiter.index as usize);
                 Err(AcquireError::Closed)
@@ -370,7 +401,7 @@ impl<C, E> Machine<C, E> {
                     }
                 }
             }
-            WaiterState::TimedOut { .. } | WaiterState::Closed => {
+            WaiterState::TimedOut { .. } | WaiterState::Failed { .. } | WaiterState::Closed => {
                 self.waiters.remove(waiter.index as usize);
             }
         }
@@ -474,6 +505,7 @@ impl<C, E> Machine<C, E> {
         self.failures = 0;
         self.backoff_until = None;
         self.last_connect_error = None;
+        self.fatal = false;
         let expires = self.config.max_lifetime.and_then(|lifetime| {
             let jitter = self.rng.below(self.config.max_lifetime_jitter);
             now.checked_add(lifetime - jitter)
@@ -488,25 +520,52 @@ impl<C, E> Machine<C, E> {
     }
 
     /// The connect for `slot` failed: the slot is freed, and further connects wait for a
-    /// capped exponential back-off with jitter. Waiters keep their place; `error` is kept for
-    /// their time-out reports.
+    /// capped exponential back-off with jitter, one at a time until one succeeds.
+    ///
+    /// The back-off grows once per outage step, not once per failed connect: connects that
+    /// were in flight together when the first of them failed (all the connects a burst of
+    /// demand started just before the server went away) count as that one failure, and
+    /// their later failures neither lengthen nor restart the back-off.
+    ///
+    /// With [`Failure::Transient`], waiters keep their place (`error` is kept for their
+    /// time-out reports). With [`Failure::Fatal`], waiting cannot help the waiters that only
+    /// a connect could serve: every waiter beyond the number of connections in use (each of
+    /// which may come back and serve one) fails at once with
+    /// [`AcquireError::ConnectFailed`], and so do such acquires until a connect succeeds,
+    /// while the back-off runs and no connect is in flight. After the back-off, the next
+    /// acquire waits for one new attempt (so the pool heals once the cause is fixed,
+    /// without retrying while nobody asks).
     ///
     /// Returns whether `slot` was opening; a stale or repeated report is ignored.
-    pub fn handle_connect_failed(&mut self, slot: SlotId, error: E, now: Instant) -> bool {
-        if !matches!(
-            self.slot(slot),
-            Some(Slot {
-                state: SlotState::Opening,
-                ..
-            })
-        ) {
+    pub fn handle_connect_failed(
+        &mut self,
+        slot: SlotId,
+        error: E,
+        failure: Failure,
+        now: Instant,
+    ) -> bool
+    where
+        E: Clone,
+    {
+        let Some(serial) = self.slot(slot).and_then(|s| match s.state {
+            SlotState::Opening => Some(s.serial),
+            _ => None,
+        }) else {
             return false;
-        }
+        };
         self.remove_slot(slot.index);
-        self.failures = self.failures.saturating_add(1);
+        if serial >= self.outage_mark {
+            self.failures = self.failures.saturating_add(1);
+            self.outage_mark = self.next_serial;
+            let delay = self.backoff_delay();
+            self.backoff_until = now.checked_add(delay);
+        }
+        self.fatal = failure == Failure::Fatal;
+        if self.fatal {
+            self.fatal_error = Some(error.clone());
+            self.fail_hopeless_waiters();
+        }
         self.last_connect_error = Some(error);
-        let delay = self.backoff_delay();
-        self.backoff_until = now.checked_add(delay);
         self.after_change(now);
         true
     }
@@ -947,6 +1006,37 @@ impl<C, E> Machine<C, E> {
             serial: waiter.serial,
         };
         self.actions.push_back(Action::Wake { waiter: id });
+    }
+
+    /// Whether a task that would be waiter number `position` (0 for the head) can only be
+    /// served by a connect that cannot succeed now: the last connect failed fatally, the
+    /// back-off runs with no connect in flight, and the connections in use (each of which
+    /// may come back) are all spoken for by waiters ahead of it.
+    fn waiting_is_hopeless(&self, now: Instant, position: usize) -> bool {
+        self.fatal
+            && self.opening == 0
+            && self.backoff_until.is_some_and(|t| now < t)
+            && position >= self.in_use
+    }
+
+    /// After a fatal connect error: fails every queued waiter beyond the first `in_use`
+    /// (those may still be served by a connection coming back), each reporting the pool as
+    /// the error found it (itself still counted as waiting).
+    fn fail_hopeless_waiters(&mut self) {
+        let status = self.status();
+        let mut cursor = self.queue.head;
+        let mut position = 0;
+        while let Some(index) = cursor {
+            cursor = match self.waiters[index as usize].state {
+                WaiterState::Queued { next, .. } => next,
+                _ => None,
+            };
+            if position >= self.in_use {
+                self.unlink(index);
+                self.resolve(index, WaiterState::Failed { status });
+            }
+            position += 1;
+        }
     }
 
     fn expire_waiters(&mut self, now: Instant) {

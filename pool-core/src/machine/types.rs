@@ -156,6 +156,18 @@ impl fmt::Display for CloseReason {
     }
 }
 
+/// What a failed connect means for the tasks waiting on it, as reported with
+/// [`Machine::handle_connect_failed`](super::Machine::handle_connect_failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Failure {
+    /// It may heal by waiting (refused, reset, timed out, the server starting or stopping):
+    /// waiters wait, up to their deadline, while connects are retried with back-off.
+    Transient,
+    /// Waiting cannot heal it (wrong credentials, unknown database, TLS the server demands
+    /// or refuses): the waiters only a connect could serve fail at once.
+    Fatal,
+}
+
 /// How a connection comes back with [`Machine::release`](super::Machine::release).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Release {
@@ -256,6 +268,9 @@ pub enum AcquireError<E> {
     Exhausted(Status),
     /// The waiter id is not (or no longer) known: it was taken or cancelled already.
     UnknownWaiter(WaiterId),
+    /// A connect failed with a [`Failure::Fatal`] error and no connection in use could
+    /// serve this task: the error, and the pool as it was then (the task counted as waiting).
+    ConnectFailed(E, Status),
 }
 
 impl<E: fmt::Display> fmt::Display for AcquireError<E> {
@@ -265,6 +280,12 @@ impl<E: fmt::Display> fmt::Display for AcquireError<E> {
             Self::TimedOut(t) => t.fmt(f),
             Self::Exhausted(s) => write!(f, "no idle connection ({s})"),
             Self::UnknownWaiter(w) => write!(f, "unknown waiter {w:?}: already taken or cancelled"),
+            Self::ConnectFailed(e, s) => {
+                write!(
+                    f,
+                    "cannot open a connection, and waiting will not help ({s}): {e}"
+                )
+            }
         }
     }
 }
