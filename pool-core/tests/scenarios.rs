@@ -1337,10 +1337,7 @@ fn a_restart_is_one_outage_and_the_pool_serves_within_the_backoff_cap_of_the_ser
             .copied()
             .filter(|t| *t > went_down && *t < came_back)
             .collect();
-        let retries: Vec<Duration> = probes
-            .windows(2)
-            .map(|w| w[1] - w[0] - latency)
-            .collect();
+        let retries: Vec<Duration> = probes.windows(2).map(|w| w[1] - w[0] - latency).collect();
         assert!(
             retries.iter().all(|d| *d >= base / 2),
             "retries closer than half the base back-off: {retries:?}"

@@ -109,10 +109,16 @@ pub enum Step {
     Slow(Duration),
     /// Never finishes.
     Never,
+    /// Fails at once with an error that waiting cannot heal ("FATAL: password
+    /// authentication failed", which the manager's `is_fatal` says is fatal).
+    Fatal,
+    /// Panics.
+    Panic,
 }
 
 impl Step {
-    /// Every kind of step, with `slow` for the slow one.
+    /// Every kind of step that finishes or hangs without panicking, with `slow` for the slow
+    /// one.
     pub fn all(slow: Duration) -> [Step; 4] {
         [Step::Ok, Step::Err, Step::Slow(slow), Step::Never]
     }
@@ -143,6 +149,10 @@ pub struct Stats {
     pub resets: AtomicUsize,
     /// Connections with an id up to this one count as broken (the server closed them).
     pub broken_upto: AtomicUsize,
+    /// Checks of connections with an id up to this one never finish (their backend froze).
+    pub frozen_upto: AtomicUsize,
+    /// `has_broken` panics while this is set.
+    pub panic_in_has_broken: std::sync::atomic::AtomicBool,
 }
 
 /// A fake connection: counts itself alive until dropped.
@@ -154,12 +164,17 @@ pub struct FakeConn {
     pub broken: bool,
     /// Set by a test to mark session state a reset must clear.
     pub dirty: bool,
+    /// Set by a test to make dropping (closing) this connection panic.
+    pub panic_on_drop: bool,
     stats: Arc<Stats>,
 }
 
 impl Drop for FakeConn {
     fn drop(&mut self) {
         self.stats.live.fetch_sub(1, SeqCst);
+        if self.panic_on_drop && !std::thread::panicking() {
+            panic!("the fake connection {} panics in Drop", self.id);
+        }
     }
 }
 
@@ -174,6 +189,9 @@ impl std::fmt::Display for FakeError {
 }
 
 impl std::error::Error for FakeError {}
+
+/// The text of the fake's fatal error.
+pub const FATAL: &str = "FATAL: password authentication failed";
 
 /// A manager whose connect, check and reset steps are scripted.
 #[derive(Debug)]
@@ -229,6 +247,12 @@ impl<R: Runtime> Fake<R> {
         self.stats.broken_upto.store(self.opened(), SeqCst);
     }
 
+    /// Makes the checks of every connection opened so far hang, as if their backends had
+    /// frozen (SIGSTOP) while they sat idle.
+    pub fn freeze_existing(&self) {
+        self.stats.frozen_upto.store(self.opened(), SeqCst);
+    }
+
     /// Connections alive now.
     pub fn live(&self) -> usize {
         self.stats.live.load(SeqCst)
@@ -248,6 +272,8 @@ impl<R: Runtime> Fake<R> {
                 Ok(())
             }
             Step::Never => std::future::pending().await,
+            Step::Fatal => Err(FakeError(FATAL.into())),
+            Step::Panic => panic!("the fake manager panics"),
         }
     }
 }
@@ -267,17 +293,29 @@ impl<R: Runtime> Manager for Fake<R> {
             id,
             broken: false,
             dirty: false,
+            panic_on_drop: false,
             stats: Arc::clone(&self.stats),
         })
     }
 
-    async fn check(&self, _conn: &mut FakeConn) -> Result<(), FakeError> {
+    fn is_fatal(&self, error: &FakeError) -> bool {
+        error.0 == FATAL
+    }
+
+    async fn check(&self, conn: &mut FakeConn) -> Result<(), FakeError> {
         self.stats.checks.fetch_add(1, SeqCst);
+        if conn.id <= self.stats.frozen_upto.load(SeqCst) {
+            return std::future::pending().await;
+        }
         let step = self.plan().check;
         self.perform(step).await
     }
 
     fn has_broken(&self, conn: &mut FakeConn) -> bool {
+        assert!(
+            !self.stats.panic_in_has_broken.load(SeqCst),
+            "the fake manager panics in has_broken"
+        );
         conn.broken || conn.id <= self.stats.broken_upto.load(SeqCst)
     }
 

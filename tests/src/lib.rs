@@ -50,6 +50,16 @@ macro_rules! conformance {
             connections_are_retired_at_their_max_lifetime,
             shrinking_and_closing_close_idle_connections,
             many_tasks_cycling_through_a_small_pool_lose_no_wake_up,
+            fatal_connect_error_fails_the_acquire_at_once,
+            ready_reports_a_fatal_connect_error_and_keeps_the_first_connection,
+            a_hanging_checkout_check_ends_at_the_acquire_deadline,
+            a_check_past_the_check_timeout_is_replaced_by_a_fresh_connect,
+            zero_timeouts_are_refused_at_build,
+            polling_a_completed_acquire_panics,
+            a_panicking_leak_hook_leaves_the_maintenance_task_running,
+            a_panicking_connection_drop_leaves_the_maintenance_task_running,
+            a_panicking_connect_is_a_failed_connect,
+            panicking_check_has_broken_and_reset_close_the_connection,
         );
     };
     (@tests $rt:ty, $block_on:path; $($name:ident),+ $(,)?) => {

@@ -33,11 +33,23 @@ fn build<R: Runtime>(b: Builder<Fake<Counted<R>>, Counted<R>>) -> TestPool<R> {
     }
 }
 
-/// Waits (up to 3 s) until `done` holds.
-async fn wait_until<R: Runtime>(rt: &Counted<R>, done: impl Fn() -> bool) {
-    let give_up = Instant::now() + Duration::from_secs(3);
-    while !done() && Instant::now() < give_up {
-        rt.sleep(Duration::from_millis(5)).await;
+/// Waits until `done` holds, polling every 5 ms; fails the test loudly if it does not hold
+/// within 5 s (a bound far beyond what any scenario needs, not a measurement).
+#[track_caller]
+fn wait_until<'a, R: Runtime>(
+    rt: &'a Counted<R>,
+    done: impl Fn() -> bool + 'a,
+) -> impl std::future::Future<Output = ()> + 'a {
+    let caller = std::panic::Location::caller();
+    async move {
+        let give_up = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(
+                Instant::now() < give_up,
+                "the condition awaited at {caller} did not hold within 5 s"
+            );
+            rt.sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 
@@ -858,4 +870,346 @@ pub async fn many_tasks_cycling_through_a_small_pool_lose_no_wake_up<R: Runtime>
     let m = pool.metrics();
     assert_eq!(m.acquired, (TASKS * CYCLES) as u64, "{m:?}");
     assert_eq!(m.timed_out, 0);
+}
+
+/// Awaits `future`, failing the test loudly if it has not finished within `limit` (a bound
+/// far beyond what the behaviour under test needs, not a measurement).
+async fn bounded<R: Runtime, F: std::future::Future>(
+    rt: &Counted<R>,
+    limit: Duration,
+    what: &str,
+    future: F,
+) -> F::Output {
+    let timer = rt.sleep(limit);
+    futures::pin_mut!(future, timer);
+    match select(future, timer).await {
+        Either::Left((out, _)) => out,
+        Either::Right(_) => panic!("{what}: not done within {limit:?}"),
+    }
+}
+
+// ----- connect failures, deadlines and panics (ARCHITECTURE.md, "The edges") -------------
+
+/// A connect error that cannot heal by waiting (a wrong password) reaches the waiter at once,
+/// not at its 60 s deadline, nor never with no deadline; the pool heals by itself once the
+/// cause is fixed.
+pub async fn fatal_connect_error_fails_the_acquire_at_once<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(2).acquire_timeout(None));
+    pool.manager().set_connect(Step::Fatal);
+    for timeout in [Some(Duration::from_secs(60)), None] {
+        let acquire = async {
+            match timeout {
+                Some(t) => pool.get_timeout(t).await,
+                None => pool.get().await,
+            }
+        };
+        let err = bounded(
+            &rt,
+            Duration::from_secs(5),
+            "a fatal error ends the wait",
+            acquire,
+        )
+        .await
+        .expect_err("the password is wrong");
+        let Error::ConnectFailed(cause, status) = &err else {
+            panic!("expected ConnectFailed, got {err}");
+        };
+        assert_eq!(cause.to_string(), crate::fake::FATAL);
+        assert_eq!(status.in_use, 0, "{status:?}");
+        let source = std::error::Error::source(&err).map(ToString::to_string);
+        assert_eq!(
+            source.as_deref(),
+            Some(crate::fake::FATAL),
+            "the cause is the source"
+        );
+        assert!(err.to_string().contains("waiting will not help"), "{err}");
+    }
+    assert!(pool.metrics().failed_fast >= 2, "{:?}", pool.metrics());
+    pool.manager().set_connect(Step::Ok);
+    let conn = bounded(&rt, Duration::from_secs(5), "healed", async {
+        loop {
+            match pool.get().await {
+                Ok(conn) => return conn,
+                // Within the back-off after the last failure, acquires still fail fast.
+                Err(Error::ConnectFailed(..)) => rt.sleep(Duration::from_millis(20)).await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(conn.id, 1);
+}
+
+/// `ready()` is the start-up check: it returns the connect error at once when it is fatal,
+/// and leaves the first connection idle when the server answers.
+pub async fn ready_reports_a_fatal_connect_error_and_keeps_the_first_connection<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(2));
+    pool.manager().set_connect(Step::Fatal);
+    let err = bounded(
+        &rt,
+        Duration::from_secs(5),
+        "ready() with a wrong password",
+        pool.ready(),
+    )
+    .await
+    .expect_err("fatal");
+    assert!(matches!(err, Error::ConnectFailed(..)), "{err}");
+    let pool = build(builder(&rt).max_size(2));
+    pool.ready().await.expect("the server answers");
+    let s = pool.status();
+    assert_eq!((s.idle, s.in_use, s.size), (1, 0, 1), "{s:?}");
+}
+
+/// A checkout check that hangs (a frozen backend) does not hold the acquire past its
+/// deadline, and the error says how long it really waited.
+pub async fn a_hanging_checkout_check_ends_at_the_acquire_deadline<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(
+        builder(&rt)
+            .max_size(1)
+            .check_on_checkout(true, Duration::ZERO)
+            .acquire_timeout(Some(Duration::from_millis(200))),
+    );
+    drop(pool.get().await.expect("the first connect is not checked"));
+    pool.manager().freeze_existing();
+    let started = Instant::now();
+    let err = bounded(
+        &rt,
+        Duration::from_secs(5),
+        "the acquire deadline",
+        pool.get(),
+    )
+    .await
+    .expect_err("the check never finishes");
+    let waited = started.elapsed();
+    let Error::TimedOut(t) = &err else {
+        panic!("expected a time-out, got {err}");
+    };
+    assert!(waited >= Duration::from_millis(200), "{waited:?}");
+    assert!(
+        t.waited >= Duration::from_millis(200) && t.waited <= waited,
+        "the error reports {:?}, the acquire took {waited:?}",
+        t.waited
+    );
+    assert!(!err.to_string().contains("after 0ns"), "{err}");
+    assert_settled(&rt, &pool).await;
+    assert_eq!(
+        pool.manager().live(),
+        0,
+        "the frozen connection was closed, its state unknown"
+    );
+}
+
+/// A check that takes longer than the check timeout fails: the connection is closed and the
+/// freed slot connects afresh for the same acquire, within its deadline.
+pub async fn a_check_past_the_check_timeout_is_replaced_by_a_fresh_connect<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(
+        builder(&rt)
+            .max_size(1)
+            .check_on_checkout(true, Duration::ZERO)
+            .check_timeout(Duration::from_millis(100))
+            .acquire_timeout(Some(Duration::from_secs(10))),
+    );
+    drop(pool.get().await.expect("the first connect is not checked"));
+    pool.manager().freeze_existing();
+    let conn = bounded(
+        &rt,
+        Duration::from_secs(5),
+        "a fresh connect after the check timed out",
+        pool.get(),
+    )
+    .await
+    .expect("served by a new connection");
+    assert_eq!(conn.id, 2, "the frozen one was replaced");
+    assert_eq!(pool.metrics().checks_failed, 1);
+}
+
+/// Zero acquire or check timeouts are refused at build, naming the setting.
+pub async fn zero_timeouts_are_refused_at_build<R: Runtime>() {
+    let rt = runtime::<R>();
+    for (b, name) in [
+        (
+            builder(&rt).acquire_timeout(Some(Duration::ZERO)),
+            "acquire_timeout",
+        ),
+        (builder(&rt).check_timeout(Duration::ZERO), "check_timeout"),
+    ] {
+        match b.build() {
+            Err(BuildError::Config(e)) => {
+                assert_eq!(e.field(), name);
+                assert!(e.to_string().contains(name), "{e}");
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("{name} of zero was accepted"),
+        }
+    }
+}
+
+/// An `Acquire` polled again after it completed panics with a message that says so, instead
+/// of hanging.
+pub async fn polling_a_completed_acquire_panics<R: Runtime>() {
+    use futures::FutureExt;
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(1));
+    let mut acquire = pool.get();
+    let conn = (&mut acquire).await.expect("a connection");
+    let panic = std::panic::catch_unwind(AssertUnwindSafe(|| acquire.now_or_never()))
+        .expect_err("polling a completed Acquire panics");
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    assert!(message.contains("polled after it completed"), "{message}");
+    drop(conn);
+}
+
+/// A panicking leak hook is caught and counted; the maintenance task goes on (a waiter's
+/// deadline still fires, and the hook is called for the next leak).
+pub async fn a_panicking_leak_hook_leaves_the_maintenance_task_running<R: Runtime>() {
+    let rt = runtime::<R>();
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    let pool = build(
+        builder(&rt)
+            .max_size(1)
+            .leak_detection(Some(Duration::from_millis(50)), false)
+            .on_leak(move |_| {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                panic!("the leak hook panics");
+            }),
+    );
+    let held = pool.get().await.expect("a connection");
+    wait_until(&rt, || pool.metrics().panics == 1).await;
+    let err = bounded(
+        &rt,
+        Duration::from_secs(5),
+        "a deadline after the hook panicked",
+        pool.get_timeout(Duration::from_millis(100)),
+    )
+    .await
+    .expect_err("the only connection is held");
+    assert!(err.is_timeout(), "{err}");
+    drop(held);
+    let again = pool.get().await.expect("the connection came back");
+    wait_until(&rt, || pool.metrics().panics == 2).await;
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    drop(again);
+}
+
+/// A connection whose `Drop` panics, closed by the maintenance task (idle timeout), does not
+/// stop that task: the next deadline still fires.
+pub async fn a_panicking_connection_drop_leaves_the_maintenance_task_running<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(
+        builder(&rt)
+            .max_size(2)
+            .idle_timeout(Some(Duration::from_millis(50))),
+    );
+    let mut conn = pool.get().await.expect("a connection");
+    conn.panic_on_drop = true;
+    drop(conn);
+    // The close is counted under the lock, the Drop runs after it: await both.
+    wait_until(&rt, || {
+        let m = pool.metrics();
+        m.closed.idle_timeout == 1 && m.panics == 1
+    })
+    .await;
+    let held = pool.get().await.expect("a new connection");
+    let _second = pool.get().await.expect("another");
+    let err = bounded(
+        &rt,
+        Duration::from_secs(5),
+        "a deadline after a Drop panicked",
+        pool.get_timeout(Duration::from_millis(100)),
+    )
+    .await
+    .expect_err("both connections are held");
+    assert!(err.is_timeout(), "{err}");
+    drop(held);
+}
+
+/// A panicking connect is a failed connect: the waiter keeps waiting, the pool retries and
+/// serves once connects work.
+pub async fn a_panicking_connect_is_a_failed_connect<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(1));
+    pool.manager().set_connect(Step::Panic);
+    let waiter = {
+        let pool = pool.clone();
+        rt.spawn(async move {
+            pool.get_timeout(Duration::from_secs(10))
+                .await
+                .map(|c| c.id)
+        })
+    };
+    wait_until(&rt, || pool.metrics().panics >= 1).await;
+    pool.manager().set_connect(Step::Ok);
+    let id = bounded(
+        &rt,
+        Duration::from_secs(5),
+        "served after the panic",
+        waiter,
+    )
+    .await
+    .expect("task ran")
+    .expect("a connection");
+    assert!(id >= 1);
+    assert!(pool.metrics().connects_failed >= 1);
+}
+
+/// Panicking checks, `has_broken` and resets count as failures of what they decide: the
+/// connection is closed and the pool goes on.
+pub async fn panicking_check_has_broken_and_reset_close_the_connection<R: Runtime>() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let rt = runtime::<R>();
+    let pool = build(
+        builder(&rt)
+            .max_size(1)
+            .check_on_checkout(true, Duration::ZERO),
+    );
+    drop(pool.get().await.expect("the first connect is not checked"));
+    // The check panics: the connection is closed, the acquire connects afresh.
+    pool.manager().set_check(Step::Panic);
+    let waiter = {
+        let pool = pool.clone();
+        rt.spawn(async move {
+            pool.get_timeout(Duration::from_secs(10))
+                .await
+                .map(|c| c.id)
+        })
+    };
+    wait_until(&rt, || pool.metrics().panics >= 1).await;
+    pool.manager().set_check(Step::Ok);
+    let id = bounded(
+        &rt,
+        Duration::from_secs(5),
+        "served after a check panicked",
+        waiter,
+    )
+    .await
+    .expect("task ran")
+    .expect("a connection");
+    assert!(id >= 2, "the connection whose check panicked was replaced");
+    wait_until(&rt, || pool.status().idle == 1).await;
+    // has_broken panics at checkin: the connection counts as broken.
+    let conn = pool.get().await.expect("a connection");
+    pool.manager().stats.panic_in_has_broken.store(true, SeqCst);
+    drop(conn);
+    pool.manager()
+        .stats
+        .panic_in_has_broken
+        .store(false, SeqCst);
+    assert_eq!(pool.metrics().closed.broken, 1);
+    // The reset panics: the connection is closed.
+    pool.manager().set_reset(Step::Panic);
+    drop(pool.get().await.expect("a connection"));
+    wait_until(&rt, || pool.metrics().resets_failed == 1).await;
+    assert!(pool.metrics().panics >= 3, "{:?}", pool.metrics());
+    assert_settled(&rt, &pool).await;
+    pool.manager().set_reset(Step::Ok);
+    drop(pool.get().await.expect("the pool goes on"));
 }
