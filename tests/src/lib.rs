@@ -60,6 +60,8 @@ macro_rules! conformance {
             a_panicking_connection_drop_leaves_the_maintenance_task_running,
             a_panicking_connect_is_a_failed_connect,
             panicking_check_has_broken_and_reset_close_the_connection,
+            min_idle_counts_connections_parked_in_the_return_lane,
+            after_a_burst_the_surplus_idles_out_while_one_connection_stays_in_use,
         );
     };
     (@tests $rt:ty, $block_on:path; $($name:ident),+ $(,)?) => {

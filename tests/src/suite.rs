@@ -1213,3 +1213,67 @@ pub async fn panicking_check_has_broken_and_reset_close_the_connection<R: Runtim
     pool.manager().set_reset(Step::Ok);
     drop(pool.get().await.expect("the pool goes on"));
 }
+
+/// `min_idle` counts connections given back to the lock-free return lane as the idle
+/// connections they are: with two parked there, closing a broken connection under the lock
+/// opens no replacement.
+pub async fn min_idle_counts_connections_parked_in_the_return_lane<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(4).min_idle(2));
+    wait_until(&rt, || pool.status().idle == 2).await;
+    // Taking the two idle ones opens two more to keep two idle: four in all.
+    let (a, b) = (
+        pool.get().await.expect("one"),
+        pool.get().await.expect("two"),
+    );
+    wait_until(&rt, || pool.status().idle == 2).await;
+    let (c, mut d) = (
+        pool.get().await.expect("three"),
+        pool.get().await.expect("four"),
+    );
+    assert_eq!(pool.manager().opened(), 4);
+    // Two go back while nobody waits (parked in the lane), one comes back broken.
+    drop((a, b));
+    d.broken = true;
+    drop(d);
+    assert_settled(&rt, &pool).await;
+    assert_eq!(
+        pool.manager().opened(),
+        4,
+        "two idle already: no replacement needed ({:?})",
+        pool.status()
+    );
+    assert_eq!(pool.status().idle, 2);
+    drop(c);
+}
+
+/// The pool lends the most recently returned connection first, so after a burst the surplus
+/// idles out while one task keeps using one connection, even though that task's returns go
+/// through the lock-free return lane (which the maintenance task hands back to the machine's
+/// order every quarter of the idle timeout).
+pub async fn after_a_burst_the_surplus_idles_out_while_one_connection_stays_in_use<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(
+        builder(&rt)
+            .max_size(4)
+            .idle_timeout(Some(Duration::from_millis(300))),
+    );
+    let burst: Vec<_> = join_all((0..4).map(|_| pool.get())).await;
+    assert!(burst.iter().all(Result::is_ok));
+    drop(burst);
+    assert_eq!(pool.manager().opened(), 4);
+    bounded(
+        &rt,
+        Duration::from_secs(10),
+        "the surplus idles out",
+        async {
+            while pool.metrics().closed.idle_timeout < 3 {
+                drop(pool.get().await.expect("a connection"));
+                rt.sleep(Duration::from_millis(10)).await;
+            }
+        },
+    )
+    .await;
+    assert_eq!(pool.metrics().closed.idle_timeout, 3, "{:?}", pool.status());
+    assert_eq!(pool.status().size, 1);
+}

@@ -11,7 +11,7 @@ use event_listener::Event;
 use parking_lot::{Mutex, MutexGuard};
 
 use super::error::ConnectError;
-use super::lane::Lane;
+use super::lane::{Lane, Taken};
 use super::panics::Panics;
 use super::runtime::{Manager, Runtime};
 use super::util::{race, timeout};
@@ -288,6 +288,9 @@ pub(crate) struct Shared<M: Manager, R: Runtime> {
     /// How often the maintenance task hands parked connections to the machine, so the
     /// idle timeout and the lifetime apply to them: a quarter of the shorter of the two.
     sweep: Option<Duration>,
+    /// `min_idle` is set: every locked transition first hands parked connections to the
+    /// machine, so its idle count includes them.
+    min_idle: bool,
     state: Mutex<State<M>>,
     /// Wakes the maintenance task when its deadline moves earlier (and when the pool goes).
     timer: Event,
@@ -317,6 +320,7 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
             panics: Panics::default(),
             lane,
             sweep,
+            min_idle: config.min_idle > 0,
             state: Mutex::new(state),
             timer: Event::new(),
             drained: Event::new(),
@@ -340,6 +344,13 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
     /// returns without building the list of deferred work.
     pub(crate) fn transition<T>(self: &Arc<Self>, f: impl FnOnce(&mut State<M>) -> T) -> T {
         let mut state = self.lock();
+        // With `min_idle`, the machine counts idle connections to decide what to open: let
+        // it see the parked ones as the idle connections they are.
+        if let Some(lane) = self.lane.as_ref().filter(|_| self.min_idle) {
+            if lane.len() > 0 {
+                self.unpark(lane, &mut state);
+            }
+        }
         let out = f(&mut state);
         self.sync_lane(&mut state);
         let first = state.machine.poll_action();
@@ -401,12 +412,22 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
 
     /// Lends a connection from the return lane, if it is open and holds one, with the
     /// instant to take for "now" (the clock only if a configured feature needs it). One past
-    /// its lifetime goes to the machine, which retires it, and the next is tried.
+    /// its lifetime goes to the machine, which retires it, and the next is tried. One popped
+    /// just as the lane closed goes to the machine too (to the waiter that closed it), and
+    /// the caller acquires through the machine.
     #[inline]
     pub(crate) fn lend_parked(self: &Arc<Self>) -> Option<(Lease, ConnOf<M>, Instant)> {
         let lane = self.lane.as_ref()?;
         loop {
-            let (lease, conn) = lane.take()?;
+            let (lease, conn) = match lane.take() {
+                Taken::Lent(parked) => parked,
+                Taken::Nothing => return None,
+                Taken::HandBack((lease, conn)) => {
+                    let now = self.now_if(self.clock.on_lane_acquire);
+                    self.release(lease, conn, Release::Reuse, now);
+                    return None;
+                }
+            };
             let now = self.now_if(self.clock.on_lane_acquire);
             if lease.expires().is_some_and(|t| t <= now) {
                 self.release(lease, conn, Release::Reuse, now);
