@@ -150,3 +150,45 @@ pub trait Manager: Send + Sync + 'static {
         async { Ok(()) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{fallback_budget, FALLBACK_BUDGET};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    struct CountWakes(AtomicUsize);
+
+    impl Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Every `FALLBACK_BUDGET`th call on a thread yields once, waking its own task so it is
+    /// polled again; the others go ahead without a wake.
+    #[test]
+    fn the_fallback_budget_yields_once_per_budget_and_wakes_the_task() {
+        // A thread of its own: the count is per thread.
+        std::thread::spawn(|| {
+            let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
+            let waker = Waker::from(Arc::clone(&wakes));
+            let mut cx = Context::from_waker(&waker);
+            let n = FALLBACK_BUDGET as usize;
+            let outcomes: Vec<bool> = (0..3 * n)
+                .map(|_| fallback_budget(&mut cx).is_pending())
+                .collect();
+            let pending: Vec<usize> = (0..3 * n).filter(|&i| outcomes[i]).collect();
+            assert_eq!(pending, [n - 1, 2 * n - 1, 3 * n - 1]);
+            assert_eq!(
+                wakes.0.load(Ordering::SeqCst),
+                3,
+                "each yield wakes the task"
+            );
+            assert_eq!(fallback_budget(&mut cx), Poll::Ready(()));
+        })
+        .join()
+        .expect("the budget test thread");
+    }
+}
