@@ -50,15 +50,18 @@
 //! pool's `Debug` shows its counts only; [`PgError`] never carries the configuration.
 
 mod conn;
+mod connect;
 mod error;
 mod manager;
 mod runtime;
+mod tls;
 mod wire;
 
 pub use conn::{PgConnection, TransactionStatus};
-pub use error::PgError;
+pub use error::{PgError, TlsFailure};
 pub use manager::{Check, PgManager, PgStats, Reset, CLEAN_SQL};
-pub use runtime::{PgRuntime, Stream};
+pub use runtime::{Keepalive, PgRuntime, Stream, TcpOptions};
+pub use tls::SslMode;
 pub use tokio_postgres;
 
 /// A PostgreSQL pool on tokio.

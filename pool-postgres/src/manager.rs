@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -10,13 +11,14 @@ use std::time::Duration;
 use futures_util::future::{join, select, Either};
 use pool_core::Manager;
 use tokio::io::AsyncReadExt;
-use tokio_postgres::config::Host;
 use tokio_postgres::{Config, NoTls};
 
 use crate::conn::{PgConnection, Target};
+use crate::connect::{extract_tls, Connector};
 use crate::error::PgError;
-use crate::runtime::{PgRuntime, Stream};
-use crate::wire::{Driven, Tracked, Wire};
+use crate::runtime::{PgRuntime, Stream, TcpOptions};
+use crate::tls::{SslMode, Tls, TlsSettings};
+use crate::wire::Wire;
 
 /// What [`Reset::Clean`] runs: everything `DISCARD ALL` does except dropping prepared
 /// statements, which tokio-postgres's cached [`Statement`](tokio_postgres::Statement)s (and
@@ -116,7 +118,7 @@ struct Counters {
 /// carry the configuration.
 pub struct PgManager<R> {
     config: Config,
-    targets: Vec<Arc<Target>>,
+    connector: Connector,
     check: Check,
     reset: Reset,
     cancel_after: Duration,
@@ -128,10 +130,13 @@ impl<R: PgRuntime> PgManager<R> {
     /// A manager for `config` (hosts, ports, user, password, database, application name and
     /// options are used), with [`Check::Ping`], [`Reset::Rollback`] and a 10 ms cancel grace.
     pub fn new(config: Config) -> Self {
-        let targets = targets(&config).into_iter().map(Arc::new).collect();
+        let tls = Tls::new(TlsSettings {
+            mode: SslMode::from_config(config.get_ssl_mode()),
+            root_cert: None,
+        });
         Self {
+            connector: Connector::new(&config, tls),
             config,
-            targets,
             check: Check::default(),
             reset: Reset::default(),
             cancel_after: Duration::from_millis(10),
@@ -147,7 +152,40 @@ impl<R: PgRuntime> PgManager<R> {
     /// [`PgError::Postgres`] if the string does not parse (the message names the option,
     /// never its value).
     pub fn from_url(url: &str) -> Result<Self, PgError> {
-        Ok(Self::new(url.parse()?))
+        let extracted = extract_tls(url);
+        let mut manager = Self::new(extracted.rest.parse()?);
+        if let Some(mode) = extracted.ssl_mode {
+            manager = manager.ssl_mode(mode);
+        }
+        if let Some(path) = extracted.root_cert {
+            manager = manager.ssl_root_cert(path);
+        }
+        Ok(manager)
+    }
+
+    /// Sets how connections use TLS (see [`SslMode`]); replaces what the configuration
+    /// says.
+    pub fn ssl_mode(mut self, mode: SslMode) -> Self {
+        let settings = TlsSettings {
+            mode,
+            ..self.connector.tls.settings.clone()
+        };
+        self.connector.tls = Tls::new(settings);
+        self
+    }
+
+    /// Trusts the root certificates in this PEM file (libpq's `sslrootcert`) instead of the
+    /// Mozilla roots of `webpki-roots`, for [`SslMode::VerifyCa`] and
+    /// [`SslMode::VerifyFull`]; under [`SslMode::Require`] it makes the manager verify the
+    /// certificate chain, as libpq does. The file is read at the first TLS connect; an
+    /// unreadable file fails that connect with [`PgError::Config`].
+    pub fn ssl_root_cert(mut self, path: impl Into<PathBuf>) -> Self {
+        let settings = TlsSettings {
+            root_cert: Some(path.into()),
+            ..self.connector.tls.settings.clone()
+        };
+        self.connector.tls = Tls::new(settings);
+        self
     }
 
     /// Sets the checkout check.
@@ -202,29 +240,6 @@ impl<R: PgRuntime> PgManager<R> {
         }
     }
 
-    async fn connect_to(&self, rt: &R, target: &Arc<Target>) -> Result<PgConnection, PgError> {
-        let socket = open(rt, target).await?;
-        let wire = Wire::new();
-        let (client, connection) = self
-            .config
-            .connect_raw(Tracked::new(socket, Arc::clone(&wire)), NoTls)
-            .await?;
-        wire.activate();
-        let connection = Driven::new(connection, Arc::clone(&wire));
-        rt.spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "PostgreSQL connection ended with an error");
-            }
-        });
-        self.counters.connects.fetch_add(1, Relaxed);
-        Ok(PgConnection {
-            client,
-            wire,
-            target: Arc::clone(target),
-            clean_mark: 0,
-        })
-    }
-
     /// Asks the server to cancel whatever `conn` is running, and waits until the server has
     /// acted on it (it closes the cancel connection after signalling the backend), so the
     /// cancel cannot hit a later query.
@@ -276,49 +291,9 @@ impl<R: PgRuntime> PgManager<R> {
     }
 }
 
-/// Opens a socket to `target` with the runtime.
+/// Opens a socket to `target` with the runtime (for cancel requests: no TCP options).
 async fn open<R: PgRuntime>(rt: &R, target: &Target) -> Result<Stream, PgError> {
-    let result = match target {
-        Target::Tcp { host, port } => rt.connect_tcp(host, *port).await,
-        #[cfg(unix)]
-        Target::Unix(path) => rt.connect_unix(path).await,
-    };
-    result.map_err(|source| PgError::Connect {
-        target: target.to_string(),
-        source,
-    })
-}
-
-/// The places to connect to, in order, as libpq reads `host`, `hostaddr` and `port`.
-fn targets(config: &Config) -> Vec<Target> {
-    let (hosts, addrs, ports) = (
-        config.get_hosts(),
-        config.get_hostaddrs(),
-        config.get_ports(),
-    );
-    let port = |i: usize| match ports {
-        [] => 5432,
-        [one] => *one,
-        many => many.get(i).copied().unwrap_or(5432),
-    };
-    (0..hosts.len().max(addrs.len()))
-        .filter_map(|i| {
-            if let Some(addr) = addrs.get(i) {
-                return Some(Target::Tcp {
-                    host: addr.to_string(),
-                    port: port(i),
-                });
-            }
-            match hosts.get(i)? {
-                Host::Tcp(host) => Some(Target::Tcp {
-                    host: host.clone(),
-                    port: port(i),
-                }),
-                #[cfg(unix)]
-                Host::Unix(dir) => Some(Target::Unix(dir.join(format!(".s.PGSQL.{}", port(i))))),
-            }
-        })
-        .collect()
+    crate::connect::open(rt, target, &TcpOptions::default()).await
 }
 
 impl<R: PgRuntime> Manager for PgManager<R> {
@@ -326,15 +301,13 @@ impl<R: PgRuntime> Manager for PgManager<R> {
     type Error = PgError;
 
     async fn connect(&self) -> Result<PgConnection, PgError> {
-        let rt = self.rt()?;
-        let mut last = PgError::NoHost;
-        for target in &self.targets {
-            match self.connect_to(&rt, target).await {
-                Ok(conn) => return Ok(conn),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+        let conn = self.connector.connect(&self.rt()?).await?;
+        self.counters.connects.fetch_add(1, Relaxed);
+        Ok(conn)
+    }
+
+    fn is_fatal(&self, error: &PgError) -> bool {
+        error.is_fatal()
     }
 
     async fn check(&self, conn: &mut PgConnection) -> Result<(), PgError> {
@@ -431,42 +404,5 @@ impl<R> fmt::Debug for PgManager<R> {
             .field("reset", &self.reset)
             .field("cancel_after", &self.cancel_after)
             .finish_non_exhaustive()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{targets, Target};
-
-    fn tcp(host: &str, port: u16) -> Target {
-        Target::Tcp {
-            host: host.into(),
-            port,
-        }
-    }
-
-    #[test]
-    fn hosts_ports_and_addresses_are_read_as_libpq_reads_them() {
-        let parse = |s: &str| targets(&s.parse().expect("a valid connection string"));
-        assert_eq!(
-            parse("postgres://u@db.example/x"),
-            [tcp("db.example", 5432)]
-        );
-        assert_eq!(
-            parse("host=a,b port=1,2 user=u"),
-            [tcp("a", 1), tcp("b", 2)]
-        );
-        assert_eq!(parse("host=a,b port=7 user=u"), [tcp("a", 7), tcp("b", 7)]);
-        assert_eq!(
-            parse("host=name hostaddr=127.0.0.1 user=u"),
-            [tcp("127.0.0.1", 5432)]
-        );
-        #[cfg(unix)]
-        assert_eq!(
-            parse("host=/run/postgresql port=5433 user=u"),
-            [Target::Unix("/run/postgresql/.s.PGSQL.5433".into())]
-        );
-        assert_eq!(parse("user=u"), []);
-        assert_eq!(tcp("::1", 5432).to_string(), "[::1]:5432");
     }
 }
