@@ -103,10 +103,9 @@ struct Counters {
 
 /// Opens, checks and resets tokio-postgres connections on runtime `R`.
 ///
-/// - **connect**: opens the socket with the runtime ([`PgRuntime`]), runs the startup
-///   handshake, and spawns the connection's background task on the runtime; hosts are tried
-///   in order. The pool bounds it with its connect timeout (tokio-postgres's own
-///   `connect_timeout` setting is not used). TLS is not supported (`sslmode=require` fails).
+/// - **connect**: see [Connecting](#connecting). The pool bounds the whole connect with its
+///   own connect timeout as well.
+/// - **is_fatal**: see [Errors that waiting will not heal](#errors-that-waiting-will-not-heal).
 /// - **check** on checkout: [`Check`], [`Check::Ping`] by default; the pool skips it for
 ///   connections used within its bypass window.
 /// - **has_broken** on checkin: whether the connection is closed (no IO).
@@ -116,6 +115,83 @@ struct Counters {
 ///
 /// Debug output shows the tokio-postgres `Config`, whose password is redacted; errors never
 /// carry the configuration.
+///
+/// # Connecting
+/// As libpq and tokio-postgres's own `connect` do, from the tokio-postgres `Config`:
+///
+/// - the hosts (`host`, `hostaddr`, `port`) are tried in order, or in a random order each
+///   time under `load_balance_hosts=random`; the first that gives a fitting session wins,
+///   else the connect fails with the last host's error;
+/// - `connect_timeout` bounds each host's attempt (socket, TLS and startup);
+/// - `keepalives` (on by default), `keepalives_idle`, `keepalives_interval`,
+///   `keepalives_retries` and `tcp_user_timeout` are set on the socket ([`TcpOptions`]);
+///   tokio-postgres reads all of them in seconds (libpq reads `tcp_user_timeout` in
+///   milliseconds);
+/// - `target_session_attrs=read-write` (or `read-only`) asks the new session
+///   `SHOW transaction_read_only`, as libpq does, and goes on to the next host when it does
+///   not match ([`PgError::SessionAttrs`]);
+/// - TLS as [`SslMode`] says, with rustls (feature `rustls`, on by default). The manager
+///   does the TLS negotiation itself, below the protocol tracker, which must read plaintext.
+///   [`PgManager::from_url`] reads `sslmode` (all of libpq's values) and `sslrootcert` from
+///   the connection string, since tokio-postgres's parser knows neither `verify-ca`,
+///   `verify-full` nor `sslrootcert`; with [`PgManager::new`], set them with
+///   [`PgManager::ssl_mode`] and [`PgManager::ssl_root_cert`]. Without `sslrootcert`, the
+///   verifying modes trust the Mozilla roots of `webpki-roots`. `prefer` and `require` do not
+///   verify the certificate (as libpq). TLS is not used over Unix-domain sockets. Channel
+///   binding and client certificates are not supported.
+///
+/// Cancel requests go to the host the connection is on, in plaintext (a server accepts them
+/// so unless its `pg_hba.conf` has only `hostssl` lines).
+///
+/// # Errors that waiting will not heal
+/// [`is_fatal`](Manager::is_fatal) ([`PgError::is_fatal`]) tells the pool which connect
+/// errors fail its waiters at once rather than at their deadline:
+///
+/// | fatal | transient |
+/// | --- | --- |
+/// | SQLSTATE `28P01` (wrong password), `28000` (no such role, no `pg_hba.conf` entry, which covers a server that demands TLS from a client with `sslmode=disable`), `3D000` (no such database), `42501` (no `CONNECT` privilege) at startup | refused, reset, DNS failure, the host's `connect_timeout` ([`PgError::Connect`], [`PgError::TimedOut`]) |
+/// | the server refused TLS under `require` or stricter; the certificate failed verification ([`PgError::Tls`]) | `57P01`, `57P02`, `57P03` (shutting down, crash recovery, starting up), `53300` (too many connections), and any other SQLSTATE |
+/// | tokio-postgres's own configuration checks (a password the server asks for and the configuration lacks) | a TLS handshake cut off by the network |
+/// | no host, an unreadable `sslrootcert`, no runtime ([`PgError::NoHost`], [`PgError::Config`], [`PgError::Runtime`]) | a session that does not match `target_session_attrs` (a failover may be under way) |
+///
+/// # A query on a frozen backend
+/// Nothing bounds a query by default: a backend that hangs, or a network path that dies
+/// with the query in flight, leaves the caller waiting. Three bounds, from the kernel to the
+/// caller:
+///
+/// - **TCP**: `tcp_user_timeout` closes the socket when sent data stays unacknowledged that
+///   long (a dead peer while a query is in flight); keepalive probes
+///   (`keepalives_idle`, `keepalives_interval`, `keepalives_retries`) find a dead peer on a
+///   connection with nothing in flight. Either way the query fails with a closed connection,
+///   which the pool then discards.
+/// - **The server**: `statement_timeout` (set with `options=-c statement_timeout=5s` in the
+///   connection string, or per transaction with `SET LOCAL`) makes the server cancel a
+///   statement that runs too long. It does not help when the server or the path is gone.
+/// - **The caller**: a timeout around the query (`tokio::time::timeout`, or the runtime's
+///   equivalent). Dropping the query's future gives the connection back with the query
+///   still running; the checkin notices, cancels it on the server and rolls back before the
+///   connection is lent again (see [`Reset`]); if the host cannot be reached, the pool's
+///   reset timeout closes the connection instead.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use pool_postgres::{PgManager, TokioPool};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let manager = PgManager::from_url(
+///     "postgres://app@db.example/app?keepalives_idle=10&keepalives_interval=5\
+///      &keepalives_retries=3&tcp_user_timeout=15&options=-c%20statement_timeout%3D5s",
+/// )?;
+/// let pool: TokioPool = pool_tokio::Pool::builder(manager).max_size(8).build()?;
+/// let conn = pool.get().await?;
+/// match tokio::time::timeout(Duration::from_secs(6), conn.query("select pg_sleep(60)", &[])).await {
+///     Ok(rows) => println!("{} rows", rows?.len()),
+///     // The guard goes back to the pool, which cancels the query on the server.
+///     Err(_) => println!("gave up after 6 s"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
 pub struct PgManager<R> {
     config: Config,
     connector: Connector,

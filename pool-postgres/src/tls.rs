@@ -70,6 +70,7 @@ pub(crate) struct TlsSettings {
     pub(crate) mode: SslMode,
     /// A PEM file of trusted root certificates (`sslrootcert`); without it, the Mozilla roots
     /// of `webpki-roots`.
+    #[cfg_attr(not(feature = "rustls"), allow(dead_code))]
     pub(crate) root_cert: Option<PathBuf>,
 }
 
