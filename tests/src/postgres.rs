@@ -1113,7 +1113,8 @@ pub async fn credentials_never_appear_in_debug_or_errors<R: PgRuntime>() {
         .get_timeout(Duration::from_millis(500))
         .await
         .expect_err("no role");
-    let message = err.to_string();
+    // A fatal error: the pool's own text, the manager's in its source chain.
+    let message = chain(&err).join(" <- ");
     assert!(message.contains("pooltest_no_such_role"), "{message}");
     texts.push(format!("{message} {err:?}"));
     // URLs that do not parse.
@@ -1772,20 +1773,27 @@ pub async fn connect_errors_read_well_and_classify<R: PgRuntime>() {
     );
     assert_eq!(err.as_db_error().map(|e| e.severity()), Some("FATAL"));
     assert!(Manager::is_fatal(&manager, &err));
-    // Through the pool.
+    // Through the pool: fatal, so the waiter fails at once rather than at its deadline.
     let pool = db.build(db.builder(manager_for(&db, no_role)).max_size(1));
+    let asked = Instant::now();
     let err = pool
-        .get_timeout(Duration::from_millis(500))
+        .get_timeout(Duration::from_secs(5))
         .await
         .expect_err("no such role");
+    let waited = asked.elapsed();
     let texts = chain(&err);
     report(&format!(
-        "the pool's error chain on {}: {texts:?}",
+        "the pool's error on {} after {waited:.0?}: {texts:?}",
         db.rt_name
     ));
-    // pool-core's layers (the time-out, `ConnectError`) print the manager's error and also
-    // return it as their source, so it shows up to three times in a chain printer; below
-    // them, the manager's error is one whole text with no source.
+    assert!(
+        matches!(err, pool_core::Error::ConnectFailed(..)),
+        "{err:?}"
+    );
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+    // pool-core's `ConnectError` prints the manager's error and also returns it as its
+    // source, so a chain printer shows it twice; the manager's own error is one whole text
+    // with no source, at the end of the chain.
     assert_eq!(texts.last(), Some(&message), "{texts:?}");
     assert!(
         texts.iter().all(|t| t.matches("28000").count() <= 1),
