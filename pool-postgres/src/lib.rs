@@ -25,6 +25,12 @@
 //! With the `async-std` or `smol` feature, the same manager runs on
 //! `pool_async_std::Pool<PgManager<AsyncStd>>` or `pool_smol::Pool<PgManager<Smol>>`.
 //!
+//! # Connecting
+//! Hosts, `connect_timeout`, keepalive, `target_session_attrs` and TLS (rustls, every
+//! `sslmode` of libpq) are honoured as libpq honours them; connect errors carry the SQLSTATE
+//! and say whether waiting can heal them. See [`PgManager`], which also shows how to bound a
+//! query on a frozen backend.
+//!
 //! # Dirty connections
 //! A borrower can give a connection back in any state: a transaction open (its task was
 //! cancelled between `BEGIN` and `COMMIT`), a request queued but not sent (a future dropped
@@ -50,15 +56,18 @@
 //! pool's `Debug` shows its counts only; [`PgError`] never carries the configuration.
 
 mod conn;
+mod connect;
 mod error;
 mod manager;
 mod runtime;
+mod tls;
 mod wire;
 
 pub use conn::{PgConnection, TransactionStatus};
-pub use error::PgError;
+pub use error::{PgError, TlsFailure};
 pub use manager::{Check, PgManager, PgStats, Reset, CLEAN_SQL};
-pub use runtime::{PgRuntime, Stream};
+pub use runtime::{Keepalive, PgRuntime, Stream, TcpOptions};
+pub use tls::SslMode;
 pub use tokio_postgres;
 
 /// A PostgreSQL pool on tokio.

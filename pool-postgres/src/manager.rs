@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -10,13 +11,14 @@ use std::time::Duration;
 use futures_util::future::{join, select, Either};
 use pool_core::Manager;
 use tokio::io::AsyncReadExt;
-use tokio_postgres::config::Host;
 use tokio_postgres::{Config, NoTls};
 
 use crate::conn::{PgConnection, Target};
+use crate::connect::{extract_tls, Connector};
 use crate::error::PgError;
-use crate::runtime::{PgRuntime, Stream};
-use crate::wire::{Driven, Tracked, Wire};
+use crate::runtime::{PgRuntime, Stream, TcpOptions};
+use crate::tls::{SslMode, Tls, TlsSettings};
+use crate::wire::Wire;
 
 /// What [`Reset::Clean`] runs: everything `DISCARD ALL` does except dropping prepared
 /// statements, which tokio-postgres's cached [`Statement`](tokio_postgres::Statement)s (and
@@ -101,10 +103,9 @@ struct Counters {
 
 /// Opens, checks and resets tokio-postgres connections on runtime `R`.
 ///
-/// - **connect**: opens the socket with the runtime ([`PgRuntime`]), runs the startup
-///   handshake, and spawns the connection's background task on the runtime; hosts are tried
-///   in order. The pool bounds it with its connect timeout (tokio-postgres's own
-///   `connect_timeout` setting is not used). TLS is not supported (`sslmode=require` fails).
+/// - **connect**: see [Connecting](#connecting). The pool bounds the whole connect with its
+///   own connect timeout as well.
+/// - **is_fatal**: see [Errors that waiting will not heal](#errors-that-waiting-will-not-heal).
 /// - **check** on checkout: [`Check`], [`Check::Ping`] by default; the pool skips it for
 ///   connections used within its bypass window.
 /// - **has_broken** on checkin: whether the connection is closed (no IO).
@@ -114,9 +115,86 @@ struct Counters {
 ///
 /// Debug output shows the tokio-postgres `Config`, whose password is redacted; errors never
 /// carry the configuration.
+///
+/// # Connecting
+/// As libpq and tokio-postgres's own `connect` do, from the tokio-postgres `Config`:
+///
+/// - the hosts (`host`, `hostaddr`, `port`) are tried in order, or in a random order each
+///   time under `load_balance_hosts=random`; the first that gives a fitting session wins,
+///   else the connect fails with the last host's error;
+/// - `connect_timeout` bounds each host's attempt (socket, TLS and startup);
+/// - `keepalives` (on by default), `keepalives_idle`, `keepalives_interval`,
+///   `keepalives_retries` and `tcp_user_timeout` are set on the socket ([`TcpOptions`]);
+///   tokio-postgres reads all of them in seconds (libpq reads `tcp_user_timeout` in
+///   milliseconds);
+/// - `target_session_attrs=read-write` (or `read-only`) asks the new session
+///   `SHOW transaction_read_only`, as libpq does, and goes on to the next host when it does
+///   not match ([`PgError::SessionAttrs`]);
+/// - TLS as [`SslMode`] says, with rustls (feature `rustls`, on by default). The manager
+///   does the TLS negotiation itself, below the protocol tracker, which must read plaintext.
+///   [`PgManager::from_url`] reads `sslmode` (all of libpq's values) and `sslrootcert` from
+///   the connection string, since tokio-postgres's parser knows neither `verify-ca`,
+///   `verify-full` nor `sslrootcert`; with [`PgManager::new`], set them with
+///   [`PgManager::ssl_mode`] and [`PgManager::ssl_root_cert`]. Without `sslrootcert`, the
+///   verifying modes trust the Mozilla roots of `webpki-roots`. `prefer` and `require` do not
+///   verify the certificate (as libpq). TLS is not used over Unix-domain sockets. Channel
+///   binding and client certificates are not supported.
+///
+/// Cancel requests go to the host the connection is on, in plaintext (a server accepts them
+/// so unless its `pg_hba.conf` has only `hostssl` lines).
+///
+/// # Errors that waiting will not heal
+/// [`is_fatal`](Manager::is_fatal) ([`PgError::is_fatal`]) tells the pool which connect
+/// errors fail its waiters at once rather than at their deadline:
+///
+/// | fatal | transient |
+/// | --- | --- |
+/// | SQLSTATE `28P01` (wrong password), `28000` (no such role, no `pg_hba.conf` entry, which covers a server that demands TLS from a client with `sslmode=disable`), `3D000` (no such database), `42501` (no `CONNECT` privilege) at startup | refused, reset, DNS failure, the host's `connect_timeout` ([`PgError::Connect`], [`PgError::TimedOut`]) |
+/// | the server refused TLS under `require` or stricter; the certificate failed verification ([`PgError::Tls`]) | `57P01`, `57P02`, `57P03` (shutting down, crash recovery, starting up), `53300` (too many connections), and any other SQLSTATE |
+/// | tokio-postgres's own configuration checks (a password the server asks for and the configuration lacks) | a TLS handshake cut off by the network |
+/// | no host, an unreadable `sslrootcert`, no runtime ([`PgError::NoHost`], [`PgError::Config`], [`PgError::Runtime`]) | a session that does not match `target_session_attrs` (a failover may be under way) |
+///
+/// # A query on a frozen backend
+/// Nothing bounds a query by default: a backend that hangs, or a network path that dies
+/// with the query in flight, leaves the caller waiting. Three bounds, from the kernel to the
+/// caller:
+///
+/// - **TCP**: `tcp_user_timeout` closes the socket when sent data stays unacknowledged that
+///   long (a dead peer while a query is in flight); keepalive probes
+///   (`keepalives_idle`, `keepalives_interval`, `keepalives_retries`) find a dead peer on a
+///   connection with nothing in flight. Either way the query fails with a closed connection,
+///   which the pool then discards.
+/// - **The server**: `statement_timeout` (set with `options=-c statement_timeout=5s` in the
+///   connection string, or per transaction with `SET LOCAL`) makes the server cancel a
+///   statement that runs too long. It does not help when the server or the path is gone.
+/// - **The caller**: a timeout around the query (`tokio::time::timeout`, or the runtime's
+///   equivalent). Dropping the query's future gives the connection back with the query
+///   still running; the checkin notices, cancels it on the server and rolls back before the
+///   connection is lent again (see [`Reset`]); if the host cannot be reached, the pool's
+///   reset timeout closes the connection instead.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use pool_postgres::{PgManager, TokioPool};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let manager = PgManager::from_url(
+///     "postgres://app@db.example/app?keepalives_idle=10&keepalives_interval=5\
+///      &keepalives_retries=3&tcp_user_timeout=15&options=-c%20statement_timeout%3D5s",
+/// )?;
+/// let pool: TokioPool = pool_tokio::Pool::builder(manager).max_size(8).build()?;
+/// let conn = pool.get().await?;
+/// match tokio::time::timeout(Duration::from_secs(6), conn.query("select pg_sleep(60)", &[])).await {
+///     Ok(rows) => println!("{} rows", rows?.len()),
+///     // The guard goes back to the pool, which cancels the query on the server.
+///     Err(_) => println!("gave up after 6 s"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
 pub struct PgManager<R> {
     config: Config,
-    targets: Vec<Arc<Target>>,
+    connector: Connector,
     check: Check,
     reset: Reset,
     cancel_after: Duration,
@@ -128,10 +206,13 @@ impl<R: PgRuntime> PgManager<R> {
     /// A manager for `config` (hosts, ports, user, password, database, application name and
     /// options are used), with [`Check::Ping`], [`Reset::Rollback`] and a 10 ms cancel grace.
     pub fn new(config: Config) -> Self {
-        let targets = targets(&config).into_iter().map(Arc::new).collect();
+        let tls = Tls::new(TlsSettings {
+            mode: SslMode::from_config(config.get_ssl_mode()),
+            root_cert: None,
+        });
         Self {
+            connector: Connector::new(&config, tls),
             config,
-            targets,
             check: Check::default(),
             reset: Reset::default(),
             cancel_after: Duration::from_millis(10),
@@ -147,7 +228,40 @@ impl<R: PgRuntime> PgManager<R> {
     /// [`PgError::Postgres`] if the string does not parse (the message names the option,
     /// never its value).
     pub fn from_url(url: &str) -> Result<Self, PgError> {
-        Ok(Self::new(url.parse()?))
+        let extracted = extract_tls(url);
+        let mut manager = Self::new(extracted.rest.parse()?);
+        if let Some(mode) = extracted.ssl_mode {
+            manager = manager.ssl_mode(mode);
+        }
+        if let Some(path) = extracted.root_cert {
+            manager = manager.ssl_root_cert(path);
+        }
+        Ok(manager)
+    }
+
+    /// Sets how connections use TLS (see [`SslMode`]); replaces what the configuration
+    /// says.
+    pub fn ssl_mode(mut self, mode: SslMode) -> Self {
+        let settings = TlsSettings {
+            mode,
+            ..self.connector.tls.settings.clone()
+        };
+        self.connector.tls = Tls::new(settings);
+        self
+    }
+
+    /// Trusts the root certificates in this PEM file (libpq's `sslrootcert`) instead of the
+    /// Mozilla roots of `webpki-roots`, for [`SslMode::VerifyCa`] and
+    /// [`SslMode::VerifyFull`]; under [`SslMode::Require`] it makes the manager verify the
+    /// certificate chain, as libpq does. The file is read at the first TLS connect; an
+    /// unreadable file fails that connect with [`PgError::Config`].
+    pub fn ssl_root_cert(mut self, path: impl Into<PathBuf>) -> Self {
+        let settings = TlsSettings {
+            root_cert: Some(path.into()),
+            ..self.connector.tls.settings.clone()
+        };
+        self.connector.tls = Tls::new(settings);
+        self
     }
 
     /// Sets the checkout check.
@@ -202,29 +316,6 @@ impl<R: PgRuntime> PgManager<R> {
         }
     }
 
-    async fn connect_to(&self, rt: &R, target: &Arc<Target>) -> Result<PgConnection, PgError> {
-        let socket = open(rt, target).await?;
-        let wire = Wire::new();
-        let (client, connection) = self
-            .config
-            .connect_raw(Tracked::new(socket, Arc::clone(&wire)), NoTls)
-            .await?;
-        wire.activate();
-        let connection = Driven::new(connection, Arc::clone(&wire));
-        rt.spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "PostgreSQL connection ended with an error");
-            }
-        });
-        self.counters.connects.fetch_add(1, Relaxed);
-        Ok(PgConnection {
-            client,
-            wire,
-            target: Arc::clone(target),
-            clean_mark: 0,
-        })
-    }
-
     /// Asks the server to cancel whatever `conn` is running, and waits until the server has
     /// acted on it (it closes the cancel connection after signalling the backend), so the
     /// cancel cannot hit a later query.
@@ -276,49 +367,9 @@ impl<R: PgRuntime> PgManager<R> {
     }
 }
 
-/// Opens a socket to `target` with the runtime.
+/// Opens a socket to `target` with the runtime (for cancel requests: no TCP options).
 async fn open<R: PgRuntime>(rt: &R, target: &Target) -> Result<Stream, PgError> {
-    let result = match target {
-        Target::Tcp { host, port } => rt.connect_tcp(host, *port).await,
-        #[cfg(unix)]
-        Target::Unix(path) => rt.connect_unix(path).await,
-    };
-    result.map_err(|source| PgError::Connect {
-        target: target.to_string(),
-        source,
-    })
-}
-
-/// The places to connect to, in order, as libpq reads `host`, `hostaddr` and `port`.
-fn targets(config: &Config) -> Vec<Target> {
-    let (hosts, addrs, ports) = (
-        config.get_hosts(),
-        config.get_hostaddrs(),
-        config.get_ports(),
-    );
-    let port = |i: usize| match ports {
-        [] => 5432,
-        [one] => *one,
-        many => many.get(i).copied().unwrap_or(5432),
-    };
-    (0..hosts.len().max(addrs.len()))
-        .filter_map(|i| {
-            if let Some(addr) = addrs.get(i) {
-                return Some(Target::Tcp {
-                    host: addr.to_string(),
-                    port: port(i),
-                });
-            }
-            match hosts.get(i)? {
-                Host::Tcp(host) => Some(Target::Tcp {
-                    host: host.clone(),
-                    port: port(i),
-                }),
-                #[cfg(unix)]
-                Host::Unix(dir) => Some(Target::Unix(dir.join(format!(".s.PGSQL.{}", port(i))))),
-            }
-        })
-        .collect()
+    crate::connect::open(rt, target, &TcpOptions::default()).await
 }
 
 impl<R: PgRuntime> Manager for PgManager<R> {
@@ -326,15 +377,13 @@ impl<R: PgRuntime> Manager for PgManager<R> {
     type Error = PgError;
 
     async fn connect(&self) -> Result<PgConnection, PgError> {
-        let rt = self.rt()?;
-        let mut last = PgError::NoHost;
-        for target in &self.targets {
-            match self.connect_to(&rt, target).await {
-                Ok(conn) => return Ok(conn),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+        let conn = self.connector.connect(&self.rt()?).await?;
+        self.counters.connects.fetch_add(1, Relaxed);
+        Ok(conn)
+    }
+
+    fn is_fatal(&self, error: &PgError) -> bool {
+        error.is_fatal()
     }
 
     async fn check(&self, conn: &mut PgConnection) -> Result<(), PgError> {
@@ -431,42 +480,5 @@ impl<R> fmt::Debug for PgManager<R> {
             .field("reset", &self.reset)
             .field("cancel_after", &self.cancel_after)
             .finish_non_exhaustive()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{targets, Target};
-
-    fn tcp(host: &str, port: u16) -> Target {
-        Target::Tcp {
-            host: host.into(),
-            port,
-        }
-    }
-
-    #[test]
-    fn hosts_ports_and_addresses_are_read_as_libpq_reads_them() {
-        let parse = |s: &str| targets(&s.parse().expect("a valid connection string"));
-        assert_eq!(
-            parse("postgres://u@db.example/x"),
-            [tcp("db.example", 5432)]
-        );
-        assert_eq!(
-            parse("host=a,b port=1,2 user=u"),
-            [tcp("a", 1), tcp("b", 2)]
-        );
-        assert_eq!(parse("host=a,b port=7 user=u"), [tcp("a", 7), tcp("b", 7)]);
-        assert_eq!(
-            parse("host=name hostaddr=127.0.0.1 user=u"),
-            [tcp("127.0.0.1", 5432)]
-        );
-        #[cfg(unix)]
-        assert_eq!(
-            parse("host=/run/postgresql port=5433 user=u"),
-            [Target::Unix("/run/postgresql/.s.PGSQL.5433".into())]
-        );
-        assert_eq!(parse("user=u"), []);
-        assert_eq!(tcp("::1", 5432).to_string(), "[::1]:5432");
     }
 }

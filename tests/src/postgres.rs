@@ -23,7 +23,7 @@ use pool_core::{Builder, Manager, Pool};
 use pool_postgres::tokio_postgres::types::Type;
 use pool_postgres::tokio_postgres::Config;
 use pool_postgres::tokio_postgres::SimpleQueryMessage;
-use pool_postgres::{PgConnection, PgError, PgManager, PgRuntime, Reset};
+use pool_postgres::{PgConnection, PgError, PgManager, PgRuntime, Reset, SslMode, TlsFailure};
 
 /// The variable that holds the server's URL.
 pub const URL_VAR: &str = "POOL_TEST_DATABASE_URL";
@@ -50,6 +50,16 @@ macro_rules! postgres {
             cancelled_mid_query_next_borrower_does_not_wait,
             clean_checkins_need_no_reset,
             credentials_never_appear_in_debug_or_errors,
+            tls_require_connects_encrypted,
+            tls_verification_rejects_a_certificate_it_cannot_trust,
+            tls_prefer_falls_back_to_plaintext_and_require_refuses,
+            tls_cancelled_begin_does_not_poison_the_next_borrower,
+            tls_cancelled_mid_transaction_is_rolled_back,
+            tls_cancel_reaches_the_host_the_connection_is_on,
+            hosts_are_tried_in_order_past_refused_and_silent_ones,
+            read_write_target_skips_a_read_only_session,
+            keepalive_settings_connect,
+            connect_errors_read_well_and_classify,
         );
         #[test]
         #[ignore = "restarts the PostgreSQL server: .ci/run runs it alone, after the other tests"]
@@ -769,7 +779,11 @@ pub async fn cancelled_begin_does_not_poison_the_next_borrower<R: PgRuntime>() {
     let Some(db) = Db::<R>::open("cancelled_begin_does_not_poison_the_next_borrower").await else {
         return;
     };
-    let pool = db.build(db.builder(db.manager()).max_size(1));
+    cancelled_begin(&db, db.manager()).await;
+}
+
+async fn cancelled_begin<R: PgRuntime>(db: &Db<R>, manager: PgManager<R>) {
+    let pool = db.build(db.builder(manager).max_size(1));
     let pid = session_of(&pool).await.pid;
     {
         let conn = get(&pool).await;
@@ -788,7 +802,7 @@ pub async fn cancelled_begin_does_not_poison_the_next_borrower<R: PgRuntime>() {
         "the transaction's setting is gone: {next:?}"
     );
     assert_eq!(pool.manager().stats().rollbacks, 1);
-    assert_settled(&db, &pool).await;
+    assert_settled(db, &pool).await;
 }
 
 /// A task begins a transaction, changes settings in it, and is cancelled mid-transaction
@@ -798,7 +812,11 @@ pub async fn cancelled_mid_transaction_is_rolled_back<R: PgRuntime>() {
     let Some(db) = Db::<R>::open("cancelled_mid_transaction_is_rolled_back").await else {
         return;
     };
-    let pool = db.build(db.builder(db.manager()).max_size(1));
+    cancelled_mid_transaction(&db, db.manager()).await;
+}
+
+async fn cancelled_mid_transaction<R: PgRuntime>(db: &Db<R>, manager: PgManager<R>) {
+    let pool = db.build(db.builder(manager).max_size(1));
     let clean = session_of(&pool).await;
     let task = {
         let pool = pool.clone();
@@ -821,7 +839,7 @@ pub async fn cancelled_mid_transaction_is_rolled_back<R: PgRuntime>() {
     assert_eq!(next.statement_timeout, clean.statement_timeout, "{next:?}");
     assert_eq!(next.marker, "", "{next:?}");
     assert_eq!(pool.manager().stats().rollbacks, 1);
-    assert_settled(&db, &pool).await;
+    assert_settled(db, &pool).await;
 }
 
 /// With the full reset ([`Reset::Clean`]), a cancelled task's session settings are gone too,
@@ -952,7 +970,11 @@ pub async fn cancelled_mid_query_next_borrower_does_not_wait<R: PgRuntime>() {
     let Some(db) = Db::<R>::open("cancelled_mid_query_next_borrower_does_not_wait").await else {
         return;
     };
-    let pool = db.build(db.builder(db.manager()).max_size(1));
+    cancelled_mid_query(&db, db.manager()).await;
+}
+
+async fn cancelled_mid_query<R: PgRuntime>(db: &Db<R>, manager: PgManager<R>) {
+    let pool = db.build(db.builder(manager).max_size(1));
     let clean = session_of(&pool).await;
     let task = {
         let pool = pool.clone();
@@ -996,7 +1018,7 @@ pub async fn cancelled_mid_query_next_borrower_does_not_wait<R: PgRuntime>() {
     // the query starts, and the manager sends another (at most 3).
     let cancels = pool.manager().stats().cancels;
     assert!((1..=3).contains(&cancels), "{cancels} cancel requests sent");
-    assert_settled(&db, &pool).await;
+    assert_settled(db, &pool).await;
 }
 
 /// The happy path costs nothing: connections given back idle go straight back to the pool,
@@ -1091,7 +1113,8 @@ pub async fn credentials_never_appear_in_debug_or_errors<R: PgRuntime>() {
         .get_timeout(Duration::from_millis(500))
         .await
         .expect_err("no role");
-    let message = err.to_string();
+    // A fatal error: the pool's own text, the manager's in its source chain.
+    let message = chain(&err).join(" <- ");
     assert!(message.contains("pooltest_no_such_role"), "{message}");
     texts.push(format!("{message} {err:?}"));
     // URLs that do not parse.
@@ -1250,4 +1273,543 @@ impl Drop for EnsureRunning {
         }
         report(&format!("PostgreSQL {} did not come back up", self.0));
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Connecting: TLS, several hosts, session attributes, TCP options, errors.
+// ---------------------------------------------------------------------------------------
+
+/// Whether the server sees the connection's backend as encrypted (`pg_stat_ssl`).
+pub async fn encrypted(conn: &PgConnection) -> bool {
+    let messages = match conn
+        .simple_query("select ssl from pg_stat_ssl where pid = pg_backend_pid()")
+        .await
+    {
+        Ok(messages) => messages,
+        Err(e) => panic!("pg_stat_ssl: {e}"),
+    };
+    let ssl = messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+        _ => None,
+    });
+    match ssl.as_deref() {
+        Some("t") => true,
+        Some("f") => false,
+        other => panic!("pg_stat_ssl has no row for the backend: {other:?}"),
+    }
+}
+
+/// One connect with `manager`, outside any pool, bounded so a hang fails loudly.
+async fn connect_once<R: PgRuntime>(
+    db: &Db<R>,
+    manager: &PgManager<R>,
+) -> Result<PgConnection, PgError> {
+    match within(&db.rt, Duration::from_secs(10), manager.connect()).await {
+        Some(result) => result,
+        None => panic!("a connect did not finish within 10 s"),
+    }
+}
+
+/// A manager for `config` on the test's runtime.
+fn manager_for<R: PgRuntime>(db: &Db<R>, config: Config) -> PgManager<R> {
+    PgManager::new(config).runtime(db.rt.clone())
+}
+
+/// A local port nothing listens on (connects are refused).
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a local port");
+    listener.local_addr().expect("bound").port()
+}
+
+/// The server's TCP address, as the test's configuration names it.
+fn server_addr(config: &Config) -> (String, u16) {
+    let host = match config.get_hosts().first() {
+        Some(pool_postgres::tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        other => panic!("the suite needs a TCP server address, not {other:?}"),
+    };
+    (host, config.get_ports().first().copied().unwrap_or(5432))
+}
+
+/// Every text of an error's chain, outermost first.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut texts = vec![error.to_string()];
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        texts.push(e.to_string());
+        cause = e.source();
+    }
+    texts
+}
+
+/// A TCP front for the server that answers the TLS request with "no" (as a server with
+/// `ssl = off` does), then relays bytes both ways; it serves `connections` connections and
+/// its threads end with them.
+fn no_tls_front(server: (String, u16), connections: usize) -> u16 {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a local port");
+    let port = listener.local_addr().expect("bound").port();
+    std::thread::spawn(move || {
+        for _ in 0..connections {
+            let Ok((mut client, _)) = listener.accept() else {
+                return;
+            };
+            let server = server.clone();
+            std::thread::spawn(move || {
+                let mut first = [0_u8; 8];
+                if client.read_exact(&mut first).is_err() {
+                    return;
+                }
+                let Ok(mut upstream) = TcpStream::connect((server.0.as_str(), server.1)) else {
+                    return;
+                };
+                let sent = if first == SSL_REQUEST {
+                    client.write_all(b"N")
+                } else {
+                    upstream.write_all(&first)
+                };
+                let (Ok(()), Ok(mut client_in), Ok(mut upstream_out)) =
+                    (sent, client.try_clone(), upstream.try_clone())
+                else {
+                    return;
+                };
+                let up = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client_in, &mut upstream_out);
+                    let _ = upstream_out.shutdown(Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut upstream, &mut client);
+                let _ = client.shutdown(Shutdown::Write);
+                let _ = up.join();
+            });
+        }
+    });
+    port
+}
+
+/// TLS: `sslmode=require` connects encrypted (the server's `pg_stat_ssl` says so for the
+/// backend), `disable` in plaintext, and `prefer` (the default) encrypted, since the server
+/// offers TLS.
+pub async fn tls_require_connects_encrypted<R: PgRuntime>() {
+    let Some(db) = Db::<R>::open("tls_require_connects_encrypted").await else {
+        return;
+    };
+    let mut medians = Vec::new();
+    for (mode, tls) in [
+        (SslMode::Require, true),
+        (SslMode::Disable, false),
+        (SslMode::Prefer, true),
+    ] {
+        let manager = db.manager().ssl_mode(mode);
+        // A few connects, for the printed cost of TLS (not asserted).
+        let mut took = Vec::new();
+        for _ in 0..7 {
+            let started = Instant::now();
+            let conn = match connect_once(&db, &manager).await {
+                Ok(conn) => conn,
+                Err(e) => panic!("{mode:?}: {e}"),
+            };
+            took.push(started.elapsed());
+            assert_eq!(encrypted(&conn).await, tls, "{mode:?}");
+        }
+        took.sort_unstable();
+        medians.push((mode, took[took.len() / 2]));
+    }
+    report(&format!(
+        "connect (socket, TLS, startup), median of 7 on {}: {medians:.1?}",
+        db.rt_name
+    ));
+    // The same from a connection string.
+    let url = std::env::var(URL_VAR).expect("set, since the test opened");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let manager = PgManager::<R>::from_url(&format!("{url}{sep}sslmode=require"))
+        .expect("the URL parses")
+        .runtime(db.rt.clone());
+    let conn = connect_once(&db, &manager)
+        .await
+        .expect("sslmode=require connects");
+    assert!(encrypted(&conn).await);
+}
+
+/// TLS: `verify-full` and `verify-ca` against the server's self-signed certificate fail with
+/// a message that says the certificate did not verify, and classify as fatal. With that
+/// certificate as the root (`sslrootcert`), `verify-ca` connects to 127.0.0.1, and
+/// `verify-full` connects by the certificate's name (`host=localhost hostaddr=127.0.0.1`)
+/// but not by the address.
+pub async fn tls_verification_rejects_a_certificate_it_cannot_trust<R: PgRuntime>() {
+    let Some(db) = Db::<R>::open("tls_verification_rejects_a_certificate_it_cannot_trust").await
+    else {
+        return;
+    };
+    let url = std::env::var(URL_VAR).expect("set, since the test opened");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    for mode in ["verify-full", "verify-ca"] {
+        let manager = PgManager::<R>::from_url(&format!("{url}{sep}sslmode={mode}"))
+            .expect("the URL parses")
+            .runtime(db.rt.clone());
+        let err = connect_once(&db, &manager)
+            .await
+            .expect_err("the self-signed certificate is not under the Mozilla roots");
+        let message = err.to_string();
+        report(&format!("{mode} on {}: {message}", db.rt_name));
+        assert!(
+            matches!(
+                &err,
+                PgError::Tls {
+                    failure: TlsFailure::Verification(_),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            message.contains("certificate verification failed"),
+            "{message}"
+        );
+        assert!(Manager::is_fatal(&manager, &err), "{message}");
+    }
+    // With the server's own certificate as the root.
+    let cert = {
+        let rows = db
+            .admin
+            .simple_query("show ssl_cert_file")
+            .await
+            .expect("show ssl_cert_file");
+        rows.iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => row.get(0).map(std::path::PathBuf::from),
+                _ => None,
+            })
+            .expect("a row")
+    };
+    if std::fs::read(&cert).is_err() {
+        report(&format!(
+            "SKIPPED part of tls_verification_rejects_a_certificate_it_cannot_trust: the server's \
+             certificate {} is not readable here",
+            cert.display()
+        ));
+        return;
+    }
+    let (host, port) = server_addr(&db.config);
+    let by_address = manager_for(&db, elsewhere(&db.config, &host, port));
+    let conn = connect_once(
+        &db,
+        &by_address.ssl_mode(SslMode::VerifyCa).ssl_root_cert(&cert),
+    )
+    .await
+    .expect("verify-ca: the chain verifies; the name is not checked");
+    assert!(encrypted(&conn).await);
+    let by_address = manager_for(&db, elsewhere(&db.config, &host, port));
+    let err = connect_once(
+        &db,
+        &by_address
+            .ssl_mode(SslMode::VerifyFull)
+            .ssl_root_cert(&cert),
+    )
+    .await
+    .expect_err("verify-full: the certificate does not name the address");
+    assert!(
+        err.to_string().contains("certificate verification failed"),
+        "{err}"
+    );
+    let mut by_name = elsewhere(&db.config, "localhost", port);
+    by_name.hostaddr(host.parse().expect("the suite's host is an address"));
+    let manager = manager_for(&db, by_name)
+        .ssl_mode(SslMode::VerifyFull)
+        .ssl_root_cert(&cert);
+    let conn = connect_once(&db, &manager)
+        .await
+        .expect("verify-full by name");
+    assert!(encrypted(&conn).await);
+}
+
+/// TLS: `prefer` falls back to plaintext when the server says no to TLS (a front that
+/// answers "N", then relays to the server); `require` then fails, fatally, saying why.
+pub async fn tls_prefer_falls_back_to_plaintext_and_require_refuses<R: PgRuntime>() {
+    let Some(db) = Db::<R>::open("tls_prefer_falls_back_to_plaintext_and_require_refuses").await
+    else {
+        return;
+    };
+    let front = no_tls_front(server_addr(&db.config), 2);
+    let config = elsewhere(&db.config, "127.0.0.1", front);
+    let prefer = manager_for(&db, config.clone()).ssl_mode(SslMode::Prefer);
+    let conn = connect_once(&db, &prefer).await.expect("prefer falls back");
+    assert!(!encrypted(&conn).await, "plaintext through the front");
+    let require = manager_for(&db, config).ssl_mode(SslMode::Require);
+    let err = connect_once(&db, &require)
+        .await
+        .expect_err("no TLS, no connection");
+    let message = err.to_string();
+    assert!(
+        matches!(
+            &err,
+            PgError::Tls {
+                failure: TlsFailure::Unsupported,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(message.contains("does not support TLS"), "{message}");
+    assert!(Manager::is_fatal(&require, &err));
+}
+
+/// A TLS manager for the test (`sslmode=require`).
+fn tls_manager<R: PgRuntime>(db: &Db<R>) -> PgManager<R> {
+    db.manager().ssl_mode(SslMode::Require)
+}
+
+/// [`cancelled_begin_does_not_poison_the_next_borrower`] over TLS.
+pub async fn tls_cancelled_begin_does_not_poison_the_next_borrower<R: PgRuntime>() {
+    let Some(db) = Db::<R>::open("tls_cancelled_begin_does_not_poison_the_next_borrower").await
+    else {
+        return;
+    };
+    let conn = connect_once(&db, &tls_manager(&db)).await.expect("TLS");
+    assert!(encrypted(&conn).await);
+    drop(conn);
+    cancelled_begin(&db, tls_manager(&db)).await;
+}
+
+/// [`cancelled_mid_transaction_is_rolled_back`] over TLS.
+pub async fn tls_cancelled_mid_transaction_is_rolled_back<R: PgRuntime>() {
+    let Some(db) = Db::<R>::open("tls_cancelled_mid_transaction_is_rolled_back").await else {
+        return;
+    };
+    cancelled_mid_transaction(&db, tls_manager(&db)).await;
+}
+
+/// [`cancelled_mid_query_next_borrower_does_not_wait`] over TLS, with a refused host named
+/// first: the cancel request goes (in plaintext) to the host the connection is on, and the
+/// abandoned query stops.
+pub async fn tls_cancel_reaches_the_host_the_connection_is_on<R: PgRuntime>() {
+    let Some(db) = Db::<R>::open("tls_cancel_reaches_the_host_the_connection_is_on").await else {
+        return;
+    };
+    let (host, port) = server_addr(&db.config);
+    let mut config = elsewhere(&db.config, "127.0.0.1", closed_port());
+    config.host(&host).port(port);
+    let manager = manager_for(&db, config).ssl_mode(SslMode::Require);
+    let conn = connect_once(&db, &manager).await.expect("the second host");
+    assert!(encrypted(&conn).await);
+    assert!(
+        format!("{conn:?}").contains(&format!("{host}:{port}")),
+        "{conn:?}"
+    );
+    drop(conn);
+    cancelled_mid_query(&db, manager).await;
+}
+
+/// Several hosts: the first refuses, the second never answers (bounded by `connect_timeout`,
+/// per host), the third is the server. With only refused hosts, the error names the last
+/// one and is not fatal.
+pub async fn hosts_are_tried_in_order_past_refused_and_silent_ones<R: PgRuntime>() {
+    let Some(db) = Db::<R>::open("hosts_are_tried_in_order_past_refused_and_silent_ones").await
+    else {
+        return;
+    };
+    let (host, port) = server_addr(&db.config);
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").expect("a local port");
+    let silent = black_hole.local_addr().expect("bound").port();
+    let refused = closed_port();
+    let mut config = elsewhere(&db.config, "127.0.0.1", refused);
+    config
+        .host("127.0.0.1")
+        .port(silent)
+        .host(&host)
+        .port(port)
+        .connect_timeout(Duration::from_secs(1));
+    let manager = manager_for(&db, config);
+    let started = Instant::now();
+    let conn = connect_once(&db, &manager).await.expect("the third host");
+    let took = started.elapsed();
+    report(&format!(
+        "hosts on {}: refused, silent (connect_timeout 1 s), server: connected after {took:.0?}",
+        db.rt_name
+    ));
+    assert!(
+        format!("{conn:?}").contains(&format!("{host}:{port}")),
+        "{conn:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "the silent host was given its 1 s: {took:?}"
+    );
+    drop(conn);
+    // Only refused hosts.
+    let mut config = elsewhere(&db.config, "127.0.0.1", closed_port());
+    config.host("127.0.0.1").port(refused);
+    let manager = manager_for(&db, config);
+    let err = connect_once(&db, &manager).await.expect_err("refused");
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!("could not connect to 127.0.0.1:{refused}: ")),
+        "{message}"
+    );
+    assert_eq!(
+        err.io_error().map(std::io::Error::kind),
+        Some(std::io::ErrorKind::ConnectionRefused)
+    );
+    assert!(!Manager::is_fatal(&manager, &err));
+    // Only the silent host: its connect_timeout, not fatal.
+    let mut config = elsewhere(&db.config, "127.0.0.1", silent);
+    config.connect_timeout(Duration::from_secs(1));
+    let manager = manager_for(&db, config);
+    let err = connect_once(&db, &manager).await.expect_err("silent");
+    assert!(matches!(err, PgError::TimedOut { .. }), "{err:?}");
+    assert!(!Manager::is_fatal(&manager, &err));
+    drop(black_hole);
+}
+
+/// `target_session_attrs=read-write` turns down a read-only session (saying why), `any`
+/// and `read-only` accept it; a read-write session passes `read-write`.
+pub async fn read_write_target_skips_a_read_only_session<R: PgRuntime>() {
+    let Some(db) = Db::<R>::open("read_write_target_skips_a_read_only_session").await else {
+        return;
+    };
+    use pool_postgres::tokio_postgres::config::TargetSessionAttrs;
+    let with = |read_only: bool, attrs| {
+        let mut config = db.config.clone();
+        if read_only {
+            config.options("-c default_transaction_read_only=on");
+        }
+        config.target_session_attrs(attrs);
+        manager_for(&db, config)
+    };
+    let manager = with(true, TargetSessionAttrs::ReadWrite);
+    let err = connect_once(&db, &manager).await.expect_err("read-only");
+    let message = err.to_string();
+    report(&format!("read-write wanted on {}: {message}", db.rt_name));
+    assert!(
+        message.contains("does not match target_session_attrs=read-write")
+            && message.contains("the session is read-only"),
+        "{message}"
+    );
+    assert!(!Manager::is_fatal(&manager, &err));
+    for (read_only, attrs) in [
+        (true, TargetSessionAttrs::Any),
+        (true, TargetSessionAttrs::ReadOnly),
+        (false, TargetSessionAttrs::ReadWrite),
+    ] {
+        let conn = match connect_once(&db, &with(read_only, attrs)).await {
+            Ok(conn) => conn,
+            Err(e) => panic!("read_only {read_only}, {attrs:?}: {e}"),
+        };
+        // The check leaves the session idle, outside a transaction (once the connection task
+        // has finished its poll).
+        let give_up = Instant::now() + Duration::from_secs(2);
+        while conn.transaction_status() != Some(pool_postgres::TransactionStatus::Idle) {
+            assert!(Instant::now() < give_up, "{conn:?}");
+            sleep(&db.rt, Duration::from_millis(5)).await;
+        }
+    }
+    let conn = connect_once(&db, &with(false, TargetSessionAttrs::ReadOnly))
+        .await
+        .expect_err("a read-write session is not read-only");
+    assert!(
+        conn.to_string().contains("the session is read-write"),
+        "{conn}"
+    );
+    // Through a pool: the session is the read-only one it asked for.
+    let pool = db.build(db.builder(with(true, TargetSessionAttrs::Any)).max_size(1));
+    let conn = get(&pool).await;
+    let rows = conn
+        .simple_query("show transaction_read_only")
+        .await
+        .expect("show");
+    assert!(rows
+        .iter()
+        .any(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get(0) == Some("on"))));
+}
+
+/// TCP keepalive and `tcp_user_timeout` set in the configuration: the connect works with
+/// them applied (that they reach the socket is the unit test
+/// `tcp_options_are_read_from_the_config_and_reach_the_socket` in pool-postgres).
+pub async fn keepalive_settings_connect<R: PgRuntime>() {
+    let Some(db) = Db::<R>::open("keepalive_settings_connect").await else {
+        return;
+    };
+    let mut config = db.config.clone();
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(20));
+    let pool = db.build(db.builder(manager_for(&db, config)).max_size(1));
+    let session = session_of(&pool).await;
+    assert!(session.outside_transaction);
+    let mut off = db.config.clone();
+    off.keepalives(false);
+    let conn = connect_once(&db, &manager_for(&db, off))
+        .await
+        .expect("keepalives off");
+    drop(conn);
+}
+
+/// Errors: an unknown database and an unknown role fail with messages that say so once,
+/// with the SQLSTATE, reachable as a value, and classify as fatal; through the pool, the
+/// manager's error ends the chain.
+pub async fn connect_errors_read_well_and_classify<R: PgRuntime>() {
+    let Some(db) = Db::<R>::open("connect_errors_read_well_and_classify").await else {
+        return;
+    };
+    use pool_postgres::tokio_postgres::error::SqlState;
+    let (host, port) = server_addr(&db.config);
+    let mut no_db = db.config.clone();
+    no_db.dbname("pooltest_no_such_db");
+    let manager = manager_for(&db, no_db);
+    let err = connect_once(&db, &manager)
+        .await
+        .expect_err("no such database");
+    assert_eq!(err.code(), Some(&SqlState::INVALID_CATALOG_NAME));
+    assert_eq!(
+        chain(&err),
+        [format!(
+            "{host}:{port}: FATAL 3D000: database \"pooltest_no_such_db\" does not exist"
+        )]
+    );
+    assert!(Manager::is_fatal(&manager, &err));
+    let mut no_role = db.config.clone();
+    no_role.user("pooltest_no_such_role");
+    let manager = manager_for(&db, no_role.clone());
+    let err = connect_once(&db, &manager).await.expect_err("no such role");
+    let message = err.to_string();
+    report(&format!("unknown role on {}: {message}", db.rt_name));
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+    );
+    assert!(
+        message.contains("FATAL 28000: role \"pooltest_no_such_role\" does not exist"),
+        "{message}"
+    );
+    assert_eq!(err.as_db_error().map(|e| e.severity()), Some("FATAL"));
+    assert!(Manager::is_fatal(&manager, &err));
+    // Through the pool: fatal, so the waiter fails at once rather than at its deadline.
+    let pool = db.build(db.builder(manager_for(&db, no_role)).max_size(1));
+    let asked = Instant::now();
+    let err = pool
+        .get_timeout(Duration::from_secs(5))
+        .await
+        .expect_err("no such role");
+    let waited = asked.elapsed();
+    let texts = chain(&err);
+    report(&format!(
+        "the pool's error on {} after {waited:.0?}: {texts:?}",
+        db.rt_name
+    ));
+    assert!(
+        matches!(err, pool_core::Error::ConnectFailed(..)),
+        "{err:?}"
+    );
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+    // pool-core's `ConnectError` prints the manager's error and also returns it as its
+    // source, so a chain printer shows it twice; the manager's own error is one whole text
+    // with no source, at the end of the chain.
+    assert_eq!(texts.last(), Some(&message), "{texts:?}");
+    assert!(
+        texts.iter().all(|t| t.matches("28000").count() <= 1),
+        "no text repeats the server's message: {texts:?}"
+    );
 }
