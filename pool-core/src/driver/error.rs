@@ -28,8 +28,21 @@ impl<E: fmt::Display> fmt::Display for ConnectError<E> {
     }
 }
 
+/// `Failed` is transparent: it shows the manager's error and passes on that error's source,
+/// so a printed chain says each cause once.
 impl<E: std::error::Error + 'static> std::error::Error for ConnectError<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Failed(e) => e.source(),
+            _ => None,
+        }
+    }
+}
+
+impl<E> ConnectError<E> {
+    /// The manager's error, if the connect failed with one (for its details, such as a
+    /// PostgreSQL SQLSTATE).
+    pub fn manager_error(&self) -> Option<&E> {
         match self {
             Self::Failed(e) => Some(e),
             _ => None,
@@ -84,11 +97,25 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
     }
 }
 
+/// A time-out prints its last connect error as part of what the pool looked like (it is
+/// context, not the cause: the field keeps it); a failed connect is the cause of
+/// `ConnectFailed`, returned as the source and not printed.
 impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::TimedOut(t) => t.last_connect_error.as_deref().map(|e| e as _),
             Self::ConnectFailed(e, _) => Some(&**e),
+            _ => None,
+        }
+    }
+}
+
+impl<E> Error<E> {
+    /// The connect error this error carries: the cause of [`Error::ConnectFailed`], or the
+    /// last connect error a [`Error::TimedOut`] reports.
+    pub fn connect_error(&self) -> Option<&ConnectError<E>> {
+        match self {
+            Self::ConnectFailed(e, _) => Some(e),
+            Self::TimedOut(t) => t.last_connect_error.as_deref(),
             _ => None,
         }
     }
