@@ -197,6 +197,16 @@ pub async fn within<R: PgRuntime, F: Future>(rt: &R, d: Duration, future: F) -> 
     }
 }
 
+/// Waits until `done` holds, checking every 5 ms; fails the test loudly, naming `what`, if
+/// it does not within 10 s (a bound far beyond what any scenario needs).
+pub async fn await_condition<R: PgRuntime>(db: &Db<R>, what: &str, done: impl Fn() -> bool) {
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < give_up, "{what}: not within 10 s");
+        sleep(&db.rt, Duration::from_millis(5)).await;
+    }
+}
+
 /// Spawns a test task; its receiver gives `Err` if the task panicked.
 pub fn spawn<R: PgRuntime, T: Send + 'static>(
     rt: &R,
@@ -529,11 +539,11 @@ pub async fn seed_002_seventh_task_times_out_with_the_pool_state<R: PgRuntime>()
             .acquire_timeout(Some(Duration::from_secs(1))),
     );
     let mut tasks = Vec::new();
-    for _ in 0..7 {
-        let (pool, rt) = (pool.clone(), db.rt.clone());
+    for arrived in 1..=7 {
+        let (task_pool, rt) = (pool.clone(), db.rt.clone());
         tasks.push(spawn(&db.rt, async move {
             let asked = Instant::now();
-            let conn = pool
+            let conn = task_pool
                 .get()
                 .await
                 .map_err(|e| (e.to_string(), e.is_timeout(), asked.elapsed()))?;
@@ -544,8 +554,12 @@ pub async fn seed_002_seventh_task_times_out_with_the_pool_state<R: PgRuntime>()
             drop(conn);
             Ok(())
         }));
-        // Arrive in order.
-        sleep(&db.rt, Duration::from_millis(20)).await;
+        // Arrive in order: each holds a connection or waits before the next one asks.
+        await_condition(&db, "the task has a connection or waits", || {
+            let s = pool.status();
+            s.in_use + s.waiting >= arrived
+        })
+        .await;
     }
     let results: Vec<_> = join_all(tasks)
         .await
@@ -736,9 +750,11 @@ pub async fn silent_address_is_bounded_by_the_connect_timeout_and_stalls_no_one<
             Ok::<_, String>(served_at)
         })
     };
-    sleep(&db.rt, Duration::from_millis(150)).await;
-    let s = pool.status();
-    assert_eq!((s.opening, s.waiting), (1, 1), "a connect hangs: {s:?}");
+    await_condition(&db, "a connect hangs and the waiter waits", || {
+        let s = pool.status();
+        (s.opening, s.waiting) == (1, 1)
+    })
+    .await;
     let released_at = Instant::now();
     drop(held);
     let served_at = waiter
