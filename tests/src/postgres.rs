@@ -46,6 +46,7 @@ macro_rules! postgres {
             terminated_backends_are_replaced_under_load,
             silent_address_is_bounded_by_the_connect_timeout_and_stalls_no_one,
             checkout_check_replaces_a_connection_the_server_closed,
+            frozen_backend_never_holds_an_acquire_past_its_deadline,
             cancelled_begin_does_not_poison_the_next_borrower,
             cancelled_mid_transaction_is_rolled_back,
             full_reset_clears_session_settings_of_a_cancelled_task,
@@ -802,6 +803,83 @@ pub async fn silent_address_is_bounded_by_the_connect_timeout_and_stalls_no_one<
     );
     assert!(waited < Duration::from_secs(2), "{waited:?}");
     drop(black_hole);
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to a backend process (the suite runs as root in CI).
+fn signal_backend(pid: i32, signal: &str) -> Result<(), String> {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .map_err(|e| format!("kill: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("kill -{signal} {pid}: {status}"))
+    }
+}
+
+/// Resumes a stopped backend on drop, so a failing test leaves no frozen process behind.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = signal_backend(self.0, "CONT");
+    }
+}
+
+/// A frozen backend (SIGSTOP) behind an idle connection never holds an acquire past its
+/// deadline: with the check timeout longer than the deadline, the acquire fails at its 1 s
+/// deadline (it took 10 s, the connect timeout, before); with a shorter check timeout, the
+/// frozen connection is given up and a fresh connect serves the acquire in time.
+pub async fn frozen_backend_never_holds_an_acquire_past_its_deadline<R: PgRuntime>() {
+    let test = "frozen_backend_never_holds_an_acquire_past_its_deadline";
+    let Some(db) = Db::<R>::open(test).await else {
+        return;
+    };
+    for check_timeout in [Duration::from_secs(5), Duration::from_millis(200)] {
+        let pool = db.build(
+            db.builder(db.manager())
+                .max_size(2)
+                .check_on_checkout(true, Duration::ZERO)
+                .check_timeout(check_timeout)
+                .acquire_timeout(Some(Duration::from_secs(1))),
+        );
+        let frozen = session_of(&pool).await.pid;
+        if let Err(e) = signal_backend(frozen, "STOP") {
+            skip(test, &e);
+            return;
+        }
+        let _resume = Resume(frozen);
+        let started = Instant::now();
+        let outcome = within(&db.rt, Duration::from_secs(5), pool.get())
+            .await
+            .expect("the acquire ends within 5 s");
+        let took = started.elapsed();
+        report(&format!(
+            "frozen backend, check timeout {check_timeout:?}, acquire timeout 1 s, on {}: \
+             the acquire ended after {took:.0?}: {}",
+            db.rt_name,
+            match &outcome {
+                Ok(conn) => format!("served by backend {:?}", conn.transaction_status()),
+                Err(e) => e.to_string(),
+            }
+        ));
+        assert!(took < Duration::from_millis(1800), "{took:?}");
+        if check_timeout > Duration::from_secs(1) {
+            let err = outcome.expect_err("the only idle connection is frozen");
+            assert!(err.is_timeout(), "{err}");
+            assert!(!err.to_string().contains("after 0ns"), "{err}");
+        } else {
+            let conn = outcome.expect("a fresh connection serves within the deadline");
+            let pid = match session(&conn).await {
+                Ok(s) => s.pid,
+                Err(e) => panic!("{e}"),
+            };
+            assert_ne!(pid, frozen, "not the frozen backend");
+        }
+        drop(_resume);
+        pool.close();
+    }
 }
 
 /// Checkout: a connection the server closed while it sat idle is found out and replaced
