@@ -59,6 +59,7 @@ mod conn;
 mod connect;
 mod error;
 mod manager;
+pub mod protocol;
 mod runtime;
 mod tls;
 mod wire;
