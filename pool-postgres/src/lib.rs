@@ -64,9 +64,10 @@ mod runtime;
 mod tls;
 mod wire;
 
-pub use conn::{PgConnection, TransactionStatus};
+pub use conn::PgConnection;
 pub use error::{PgError, TlsFailure};
-pub use manager::{Check, PgManager, PgStats, Reset, CLEAN_SQL};
+pub use manager::{Cancel, Check, PgManager, PgStats, Reset, CLEAN_SQL};
+pub use protocol::TransactionStatus;
 pub use runtime::{Keepalive, PgRuntime, Stream, TcpOptions};
 pub use tls::SslMode;
 pub use tokio_postgres;
