@@ -383,13 +383,11 @@ impl Session {
         match self.phase {
             Phase::Lost => {}
             Phase::Startup => {
-                if let Piece::End(0, head) = piece {
-                    // The startup message, or a request for encryption (its code where the
-                    // protocol version would be).
-                    if let [a, b, c, d, ..] = *head {
-                        let code = u32::from_be_bytes([a, b, c, d]);
-                        *ssl = code == SSL_REQUEST || code == GSSENC_REQUEST;
-                    }
+                // The startup message, or a request for encryption (its code where the
+                // protocol version would be).
+                if let Piece::End(0, &[a, b, c, d, ..]) = piece {
+                    let code = u32::from_be_bytes([a, b, c, d]);
+                    *ssl = code == SSL_REQUEST || code == GSSENC_REQUEST;
                 }
             }
             Phase::Ready => match piece {
