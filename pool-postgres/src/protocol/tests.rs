@@ -598,3 +598,74 @@ mod props {
         }
     }
 }
+
+/// Transcripts recorded from a PostgreSQL 15 server by the database suite
+/// (`recorded_transcripts_replay_to_the_live_verdict` with `POOL_TEST_RECORD_TRANSCRIPTS`):
+/// per chunk, `C` or `S`, a big-endian `u32` length, the bytes. Each is one session from its
+/// startup message: a temporary table, then the suite's scenarios up to the one it is named
+/// after (`session.bin` has them all: COPY in finished and given up, COPY out, pipelined
+/// queries, an error mid-pipeline, a notice and a notification, a prepared statement and its
+/// Close, multi-statement and empty queries, a transaction, a failed one, a rollback).
+mod recorded {
+    use super::*;
+
+    fn chunks(mut bytes: &[u8]) -> Vec<Chunk> {
+        let mut out = Vec::new();
+        while let [side, a, b, c, d, rest @ ..] = bytes {
+            let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+            let (data, rest) = rest.split_at(len);
+            out.push(match side {
+                b'C' => Client(data.to_vec()),
+                b'S' => Server(data.to_vec()),
+                other => panic!("a chunk from side {other}"),
+            });
+            bytes = rest;
+        }
+        out
+    }
+
+    /// Replays a recorded session from its startup message, whole and in small pieces.
+    fn replay(bytes: &[u8]) -> Verdict {
+        let chunks = chunks(bytes);
+        let feed = |size: usize| {
+            let mut t = Tracker::new();
+            for chunk in &chunks {
+                match chunk {
+                    Client(b) => b.chunks(size).for_each(|p| t.client(p)),
+                    Server(b) => b.chunks(size).for_each(|p| t.server(p)),
+                }
+                assert!(!t.verdict().lost, "in step all along");
+            }
+            assert!(t.backend_key().is_some(), "the handshake's key");
+            t.verdict()
+        };
+        let whole = feed(usize::MAX);
+        for size in [1, 3, 16] {
+            assert_eq!(feed(size), whole, "in pieces of {size}");
+        }
+        whole
+    }
+
+    #[test]
+    fn a_finished_copy_in_ends_quiet() {
+        let v = replay(include_bytes!("transcripts/copy_in_finished.bin"));
+        assert!(v.quiet() && v.may_lend(), "{v:?}");
+    }
+
+    #[test]
+    fn a_transaction_and_a_failed_one() {
+        let v = replay(include_bytes!("transcripts/in_transaction.bin"));
+        assert_eq!(
+            (v.status, v.due),
+            (TransactionStatus::InTransaction, Due::Nothing)
+        );
+        let v = replay(include_bytes!("transcripts/failed_transaction.bin"));
+        assert_eq!((v.status, v.due), (TransactionStatus::Failed, Due::Nothing));
+    }
+
+    #[test]
+    fn the_whole_session_ends_idle_and_quiet() {
+        let v = replay(include_bytes!("transcripts/session.bin"));
+        assert!(v.quiet() && v.may_lend(), "{v:?}");
+    }
+}
