@@ -2265,7 +2265,9 @@ pub async fn recorded_transcripts_replay_to_the_live_verdict<R: PgRuntime>() {
         return;
     };
     let proxy = crate::proxy::Proxy::start(&db.upstream(), Duration::ZERO);
-    let conn = match db.manager_via(proxy.port()).connect().await {
+    // In plaintext, so the proxy records what the model reads.
+    let manager = db.manager_via(proxy.port()).ssl_mode(SslMode::Disable);
+    let conn = match manager.connect().await {
         Ok(conn) => conn,
         Err(e) => panic!("connect through the proxy: {e}"),
     };
@@ -2605,10 +2607,20 @@ pub async fn pgbouncer_survives_abandoned_queries<R: PgRuntime>() {
         assert!(next.outside_transaction, "round {round}: {next:?}");
         waits.push(waited);
         assert!(
-            waited < Duration::from_millis(50),
-            "round {round}: the next borrower waited {waited:?}"
+            waited < Duration::from_millis(500),
+            "round {round}: the next borrower waited {waited:?} (the sleep had 2.7 s to go)"
         );
     }
+    // Within 50 ms as a rule; a loaded machine (the suite runs its tests in parallel) may
+    // stretch a round or two.
+    let quick = waits
+        .iter()
+        .filter(|w| **w < Duration::from_millis(50))
+        .count();
+    assert!(
+        quick >= 18,
+        "rounds served within 50 ms: {quick} of 20: {waits:?}"
+    );
     assert_eq!(
         db.running_anywhere(&sleep_sql).await,
         0,
