@@ -9,7 +9,8 @@
 //!
 //! Settings from the environment: `DATABASE_URL` (else `POOL_TEST_DATABASE_URL`, else
 //! `postgres://postgres@127.0.0.1:5432/test`), `POOL_SIZE` (10), `LISTEN` (127.0.0.1:9292),
-//! `QUERY_MS` (how long each request's query sleeps on the server: 100).
+//! `QUERY_MS` (how long each request's query sleeps on the server: 100), `CPU_ROWS` (if set,
+//! each request's query counts that many rows instead of sleeping: a CPU-bound load).
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
@@ -28,6 +29,7 @@ use pool_postgres::{tokio_postgres, PgManager, TokioPool};
 struct App {
     pool: TokioPool,
     query_ms: f64,
+    cpu_rows: Option<i64>,
     served: AtomicU64,
     failed: AtomicU64,
     backends: Mutex<BTreeSet<i32>>,
@@ -48,13 +50,23 @@ async fn handle(
     let result = async {
         let conn = app.pool.get().await.map_err(|e| e.to_string())?;
         let waited = asked.elapsed();
-        let row = conn
-            .query_one(
-                "select pg_backend_pid() from pg_sleep($1::float8 / 1000)",
-                &[&app.query_ms],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+        let row = match app.cpu_rows {
+            None => {
+                conn.query_one(
+                    "select pg_backend_pid() from pg_sleep($1::float8 / 1000)",
+                    &[&app.query_ms],
+                )
+                .await
+            }
+            Some(rows) => {
+                conn.query_one(
+                    "select pg_backend_pid() from (select count(*) from generate_series(1, $1::int8)) n",
+                    &[&rows],
+                )
+                .await
+            }
+        }
+        .map_err(|e| e.to_string())?;
         Ok::<_, String>((row.get::<_, i32>(0), waited))
     }
     .await;
@@ -97,6 +109,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let size: usize = env("POOL_SIZE", "10").parse()?;
     let listen = env("LISTEN", "127.0.0.1:9292");
     let query_ms: f64 = env("QUERY_MS", "100").parse()?;
+    let cpu_rows: Option<i64> = std::env::var("CPU_ROWS")
+        .ok()
+        .map(|v| v.parse())
+        .transpose()?;
 
     let mut config: tokio_postgres::Config = url.parse()?;
     config.application_name("pool-postgres http_service");
@@ -107,6 +123,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Arc::new(App {
         pool,
         query_ms,
+        cpu_rows,
         served: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         backends: Mutex::new(BTreeSet::new()),
@@ -160,5 +177,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         m.acquired_after_wait,
         m.wait_max,
     );
+    println!("manager: {:?}", app.pool.manager().stats());
     Ok(())
 }

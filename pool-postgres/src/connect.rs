@@ -15,10 +15,10 @@ use tokio_postgres::config::{Host, LoadBalanceHosts, TargetSessionAttrs};
 use tokio_postgres::{Config, NoTls, SimpleQueryMessage};
 
 use crate::conn::{PgConnection, Target};
-use crate::error::{PgError, Whole};
+use crate::error::PgError;
 use crate::runtime::{PgRuntime, Stream, TcpOptions};
 use crate::tls::{self, SslMode, Tls};
-use crate::wire::{Driven, Tracked, Wire};
+use crate::wire::{Link, Tracked, Wire};
 
 /// A place to connect to and the name its certificate must carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,22 +114,19 @@ impl Connector {
                 target: target.to_string(),
                 error,
             })?;
-        wire.activate();
-        let connection = Driven::new(connection, Arc::clone(&wire));
-        rt.spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(error = %Whole(&error), "PostgreSQL connection ended with an error");
-            }
-        });
+        let link = Link::new(Arc::clone(&wire), Box::new(connection));
+        rt.spawn(Arc::clone(&link).run());
         let mut conn = PgConnection {
             client,
-            wire,
+            link,
             target: Arc::clone(target),
             clean_mark: 0,
+            listen_mark: 0,
         };
         self.check_session(&conn, target).await?;
         // The check is not a borrower's use.
-        conn.clean_mark = conn.wire.sent();
+        conn.clean_mark = wire.sent();
+        conn.listen_mark = wire.listens();
         Ok(conn)
     }
 

@@ -36,20 +36,33 @@
 //! cancelled between `BEGIN` and `COMMIT`), a request queued but not sent (a future dropped
 //! right after its first poll: the cancelled `BEGIN` of sqlx#4393), or a query still running
 //! on the server (a dropped `select pg_sleep(3)`). The manager follows the wire protocol in
-//! both directions and watches the connection's background task, so at checkin it knows,
-//! without a round trip, whether any of that is the case:
+//! both directions with a pure model ([`protocol`]) and watches the connection's background
+//! task, so at checkin it knows, without a round trip, whether any of that is the case:
 //!
 //! - nothing of it (the common case): the connection goes straight back to the pool, at the
-//!   cost of a few atomic loads ([`Reset::Rollback`], the default);
+//!   cost of a few atomic loads ([`Reset::Rollback`], the default). A reply still due only
+//!   for the `Close` of a statement that `query(&str)` prepared does not count: it runs
+//!   nothing and arrives before any reply to the next borrower. A request still queued (that
+//!   `Close`, written when the statement drops) is written by the checkin itself, with one
+//!   poll of the connection;
 //! - otherwise the pool runs [`reset`](pool_core::Manager::reset) in the background: wait for
-//!   the connection task to send what was queued; if a reply is still due after a short grace
-//!   ([`PgManager::cancel_after`], 10 ms), send PostgreSQL a cancel request and wait until
-//!   the server has acted on it; then `ROLLBACK`, and check the connection really is idle
-//!   outside a transaction. The next borrower waits for none of the abandoned work.
+//!   the connection task to send what was queued; if a statement may still run after a short
+//!   grace ([`PgManager::cancel_after`], 10 ms), send PostgreSQL a cancel request and wait
+//!   until the server has acted on it ([`Cancel`]; or close the connection, with
+//!   [`Cancel::Never`]); then `ROLLBACK`, and check the connection really is idle outside a
+//!   transaction. The next borrower waits for none of the abandoned work. A reply due only
+//!   for a `Close` or a `Sync` never leads to a cancel.
 //!
 //! [`Reset::Clean`] also clears session state (settings, temporary tables, advisory locks,
 //! listeners) after every lease that sent anything, for one extra round trip per such
 //! checkin. A guard dropped while its thread panics is closed by the pool, not reset.
+//!
+//! # LISTEN / NOTIFY
+//! The borrower receives the notifications of the channels it listens to with
+//! [`PgConnection::notification`]. A lease whose SQL mentioned `listen` (or that received a
+//! notification) is reset with `UNLISTEN *` before the next borrower gets the connection, so
+//! listeners never pass from one borrower to the next (a `LISTEN` run inside a function is
+//! seen only once a notification arrives; use [`Reset::Clean`] for such code).
 //!
 //! # Credentials
 //! The manager's `Debug` shows tokio-postgres's `Config`, which redacts the password; the
@@ -59,13 +72,15 @@ mod conn;
 mod connect;
 mod error;
 mod manager;
+pub mod protocol;
 mod runtime;
 mod tls;
 mod wire;
 
-pub use conn::{PgConnection, TransactionStatus};
+pub use conn::PgConnection;
 pub use error::{PgError, TlsFailure};
-pub use manager::{Check, PgManager, PgStats, Reset, CLEAN_SQL};
+pub use manager::{Cancel, Check, PgManager, PgStats, Reset, CLEAN_SQL};
+pub use protocol::TransactionStatus;
 pub use runtime::{Keepalive, PgRuntime, Stream, TcpOptions};
 pub use tls::SslMode;
 pub use tokio_postgres;

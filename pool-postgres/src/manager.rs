@@ -8,14 +8,15 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::{join, select, Either};
+use futures_util::future::{join_all, select, Either};
 use pool_core::Manager;
-use tokio::io::AsyncReadExt;
-use tokio_postgres::{Config, NoTls};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::Config;
 
 use crate::conn::{PgConnection, Target};
 use crate::connect::{extract_tls, Connector};
 use crate::error::PgError;
+use crate::protocol::{BackendKey, TransactionStatus};
 use crate::runtime::{PgRuntime, Stream, TcpOptions};
 use crate::tls::{SslMode, Tls, TlsSettings};
 use crate::wire::Wire;
@@ -28,6 +29,8 @@ pub const CLEAN_SQL: &str = "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET
 
 /// How many cancel requests one reset sends at most (one per abandoned query still running).
 const MAX_CANCELS: u32 = 3;
+/// The protocol code of a `CancelRequest`.
+const CANCEL_REQUEST_CODE: u32 = 80_877_102;
 
 /// The checkout check, run on a connection idle longer than the pool's bypass window
 /// (see [`Builder::check_on_checkout`](pool_core::Builder::check_on_checkout); 500 ms by
@@ -72,6 +75,22 @@ pub enum Reset {
     Sql(Cow<'static, str>),
 }
 
+/// What a reset does about a query still running on the server when its connection comes
+/// back (the borrower dropped the future that ran it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Cancel {
+    /// Send the server a cancel request, the way libpq does: a 16-byte `CancelRequest` on a
+    /// new connection, which stays open until the peer closes it (so the cancel cannot hit a
+    /// later query), bounded by [`PgManager::cancel_timeout`]; then `ROLLBACK`. At most one
+    /// cancel request per connection is in flight. The default.
+    #[default]
+    Request,
+    /// Never send a cancel request: close the connection instead (the pool opens another).
+    /// For poolers that mishandle cancel requests.
+    Never,
+}
+
 /// What the manager did at checkins, counted since it was made.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -89,6 +108,8 @@ pub struct PgStats {
     pub session_resets: u64,
     /// Cancel requests sent for queries still running when their connection came back.
     pub cancels: u64,
+    /// Resets that ran `UNLISTEN *` because the borrower listened (or may have).
+    pub unlistens: u64,
 }
 
 #[derive(Default)]
@@ -99,6 +120,7 @@ struct Counters {
     rollbacks: AtomicU64,
     session_resets: AtomicU64,
     cancels: AtomicU64,
+    unlistens: AtomicU64,
 }
 
 /// Opens, checks and resets tokio-postgres connections on runtime `R`.
@@ -197,7 +219,9 @@ pub struct PgManager<R> {
     connector: Connector,
     check: Check,
     reset: Reset,
+    cancel: Cancel,
     cancel_after: Duration,
+    cancel_timeout: Duration,
     runtime: Option<R>,
     counters: Counters,
 }
@@ -215,7 +239,9 @@ impl<R: PgRuntime> PgManager<R> {
             config,
             check: Check::default(),
             reset: Reset::default(),
+            cancel: Cancel::default(),
             cancel_after: Duration::from_millis(10),
+            cancel_timeout: Duration::from_secs(2),
             runtime: None,
             counters: Counters::default(),
         }
@@ -276,11 +302,26 @@ impl<R: PgRuntime> PgManager<R> {
         self
     }
 
-    /// How long a reset waits for a reply still due before it asks the server to cancel the
-    /// query (a dropped future's query that is still running). Short replies (a statement
-    /// close, a rollback already queued) arrive well within the default 10 ms.
+    /// How long a reset waits for a statement still running (a dropped future's query)
+    /// before it cancels it (or closes the connection, with [`Cancel::Never`]). Short
+    /// statements (a `BEGIN` queued by a dropped future) finish well within the default
+    /// 10 ms. Replies due only for a `Close` or a `Sync` never lead to a cancel.
     pub fn cancel_after(mut self, grace: Duration) -> Self {
         self.cancel_after = grace;
+        self
+    }
+
+    /// Sets what a reset does about a statement still running ([`Cancel::Request`] by
+    /// default).
+    pub fn cancel_with(mut self, cancel: Cancel) -> Self {
+        self.cancel = cancel;
+        self
+    }
+
+    /// How long a cancel request may take, from opening its connection to the peer closing
+    /// it (2 s by default); past it the reset fails and the pool closes the connection.
+    pub fn cancel_timeout(mut self, timeout: Duration) -> Self {
+        self.cancel_timeout = timeout;
         self
     }
 
@@ -306,6 +347,7 @@ impl<R: PgRuntime> PgManager<R> {
             rollbacks: c.rollbacks.load(Relaxed),
             session_resets: c.session_resets.load(Relaxed),
             cancels: c.cancels.load(Relaxed),
+            unlistens: c.unlistens.load(Relaxed),
         }
     }
 
@@ -316,40 +358,67 @@ impl<R: PgRuntime> PgManager<R> {
         }
     }
 
-    /// Asks the server to cancel whatever `conn` is running, and waits until the server has
-    /// acted on it (it closes the cancel connection after signalling the backend), so the
-    /// cancel cannot hit a later query.
+    /// Asks the server to cancel whatever `conn` is running, as libpq does: a
+    /// `CancelRequest` on a new connection, kept open until the peer closes it (the server
+    /// closes it once it has signalled the backend, so the cancel cannot hit a later query;
+    /// a pooler in front of it forwards it first). Bounded by the cancel timeout.
     async fn cancel(&self, conn: &PgConnection) -> Result<(), PgError> {
-        let mut socket = open(&self.rt()?, &conn.target).await?;
-        conn.client
-            .cancel_token()
-            .cancel_query_raw(&mut socket, NoTls)
-            .await?;
-        let mut buf = [0_u8; 64];
-        loop {
-            match socket.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+        let wire = conn.wire();
+        let Some(key) = wire.key() else {
+            return Err(PgError::Reset(
+                "the server sent no BackendKeyData to cancel with",
+            ));
+        };
+        let Some(_in_flight) = wire.start_cancel() else {
+            return Err(PgError::Reset("a cancel request is already in flight"));
+        };
+        let rt = self.rt()?;
+        let target = &conn.target;
+        let io_error = |source| PgError::Connect {
+            target: target.to_string(),
+            source,
+        };
+        let request = async {
+            let mut socket = open(&rt, target).await?;
+            socket
+                .write_all(&cancel_request(key))
+                .await
+                .map_err(io_error)?;
+            socket.flush().await.map_err(io_error)?;
+            let mut buf = [0_u8; 64];
+            loop {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return Ok(()),
+                    Ok(_) => {}
+                }
             }
-        }
+        };
+        let answered = match rt.now().checked_add(self.cancel_timeout) {
+            Some(deadline) => match select(pin!(request), pin!(rt.sleep_until(deadline))).await {
+                Either::Left((answered, _)) => answered,
+                Either::Right(_) => Err(PgError::Reset(
+                    "the cancel request was not answered in time",
+                )),
+            },
+            None => request.await,
+        };
         self.counters.cancels.fetch_add(1, Relaxed);
-        Ok(())
+        answered
     }
 
-    /// Waits up to the cancel grace for every reply due to arrive; `Ok(false)` if some is
-    /// still due then.
-    async fn quiet_within(&self, wire: &Wire) -> Result<bool, PgError> {
-        let quiet = |w: &Wire| w.settled() && !w.in_flight();
+    /// Waits up to the cancel grace until no statement can be running; `Ok(false)` if one
+    /// may still run then.
+    async fn calm_within(&self, wire: &Wire) -> Result<bool, PgError> {
         let rt = self.rt()?;
         let finished = match rt.now().checked_add(self.cancel_after) {
             Some(deadline) => {
-                let done = pin!(wire.wait_for(quiet));
+                let done = pin!(wire.wait_for(Wire::calm));
                 match select(done, pin!(rt.sleep_until(deadline))).await {
                     Either::Left((finished, _)) => finished,
-                    Either::Right(_) => quiet(wire),
+                    Either::Right(_) => wire.calm(),
                 }
             }
-            None => wire.wait_for(quiet).await,
+            None => wire.wait_for(Wire::calm).await,
         };
         if wire.is_closed() {
             return Err(PgError::Closed);
@@ -365,6 +434,16 @@ impl<R: PgRuntime> PgManager<R> {
             Reset::Sql(sql) => Some(sql),
         }
     }
+}
+
+/// A `CancelRequest`: length 16, the cancel code, the backend's process id and secret key.
+fn cancel_request(key: BackendKey) -> [u8; 16] {
+    let mut out = [0_u8; 16];
+    out[..4].copy_from_slice(&16_u32.to_be_bytes());
+    out[4..8].copy_from_slice(&CANCEL_REQUEST_CODE.to_be_bytes());
+    out[8..12].copy_from_slice(&key.pid.to_be_bytes());
+    out[12..].copy_from_slice(&key.secret.to_be_bytes());
+    out
 }
 
 /// Opens a socket to `target` with the runtime (for cancel requests: no TCP options).
@@ -396,7 +475,7 @@ impl<R: PgRuntime> Manager for PgManager<R> {
             Check::Sql(sql) => conn.client.batch_execute(sql).await?,
         }
         // The check itself is not a borrower's use.
-        conn.clean_mark = conn.wire.sent();
+        conn.clean_mark = conn.wire().sent();
         Ok(())
     }
 
@@ -405,9 +484,16 @@ impl<R: PgRuntime> Manager for PgManager<R> {
     }
 
     fn needs_reset(&self, conn: &PgConnection) -> bool {
-        // `is_clean` first: it reads the task's activity before the counters.
-        let clean = conn.wire.is_clean()
-            && (self.reset == Reset::Rollback || conn.wire.sent() == conn.clean_mark);
+        // Settle first (polling the connection once if a request is queued, such as the
+        // `Close` of a statement the borrower's last query dropped): it orders the reads of
+        // the verdict after the connection's last writes.
+        let wire = conn.wire();
+        let clean = conn.link.settle_now()
+            && !wire.write_pending()
+            && !wire.is_closed()
+            && wire.verdict().may_lend()
+            && wire.listens() == conn.listen_mark
+            && (self.reset == Reset::Rollback || wire.sent() == conn.clean_mark);
         if clean {
             self.counters.clean_checkins.fetch_add(1, Relaxed);
         }
@@ -415,59 +501,78 @@ impl<R: PgRuntime> Manager for PgManager<R> {
     }
 
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), PgError> {
-        let wire = Arc::clone(&conn.wire);
+        let wire = Arc::clone(conn.wire());
         // 1. Let the connection task take up whatever the last borrower queued.
         if !wire.wait_for(Wire::settled).await {
             return Err(PgError::Closed);
         }
         // Everything the borrower queued is written now (or stuck in the socket buffer).
-        let used = wire.sent() != conn.clean_mark || wire.in_flight();
-        // 2. A reply still due: give it a moment, then cancel the query on the server; again
-        //    if another abandoned query runs after it (pipelined requests), a few times.
+        let used = wire.sent() != conn.clean_mark || wire.write_pending();
+        // 2. A statement may still be running: give it a moment, then cancel it on the
+        //    server; again if another abandoned one runs after it (pipelined requests), a few
+        //    times. Replies due only for a Close or a Sync are never a reason to cancel.
         let mut cancelled = 0;
-        while wire.in_flight() {
-            if self.quiet_within(&wire).await? || cancelled == MAX_CANCELS {
+        while !wire.calm() {
+            if self.calm_within(&wire).await? || cancelled == MAX_CANCELS {
                 break;
+            }
+            if self.cancel == Cancel::Never {
+                return Err(PgError::Reset(
+                    "a statement is still running and cancel requests are off",
+                ));
             }
             tracing::debug!(target = %conn.target, "cancelling a query a dropped future left running");
             self.cancel(conn).await?;
             cancelled += 1;
         }
-        // 3. Roll back (queued behind whatever is still in flight), then the session reset.
-        let rollback =
-            cancelled > 0 || !wire.settled() || wire.in_flight() || wire.status() != b'I';
+        // 3. Roll back (queued behind whatever is still in flight), stop listening, then the
+        //    session reset: pipelined, one round trip.
+        let verdict = wire.verdict();
+        let rollback = cancelled > 0 || !wire.calm() || verdict.status != TransactionStatus::Idle;
         let session = self.session_sql().filter(|_| used);
-        let client = &conn.client;
-        match (rollback, session) {
-            (false, None) => {
-                self.counters.settled.fetch_add(1, Relaxed);
-            }
-            (true, None) => {
-                client.batch_execute("ROLLBACK").await?;
-                self.counters.rollbacks.fetch_add(1, Relaxed);
-            }
-            (false, Some(sql)) => {
-                client.batch_execute(sql).await?;
-                self.counters.session_resets.fetch_add(1, Relaxed);
-            }
-            (true, Some(sql)) => {
-                // Pipelined: one round trip.
-                let (rolled_back, reset) =
-                    join(client.batch_execute("ROLLBACK"), client.batch_execute(sql)).await;
-                rolled_back?;
-                reset?;
-                self.counters.rollbacks.fetch_add(1, Relaxed);
-                self.counters.session_resets.fetch_add(1, Relaxed);
-            }
+        let listened = wire.listens() != conn.listen_mark;
+        // CLEAN_SQL has its own UNLISTEN *.
+        let unlisten = listened && session != Some(CLEAN_SQL);
+        let mut sql: Vec<&str> = Vec::new();
+        if rollback {
+            sql.push("ROLLBACK");
         }
-        // 4. Make sure: nothing due, outside any transaction.
-        if !wire.wait_for(|w| w.settled() && !w.in_flight()).await {
+        if unlisten {
+            sql.push("UNLISTEN *");
+        }
+        if let Some(session) = session {
+            sql.push(session);
+        }
+        let client = &conn.client;
+        for result in join_all(sql.iter().map(|sql| client.batch_execute(sql))).await {
+            result?;
+        }
+        if rollback {
+            self.counters.rollbacks.fetch_add(1, Relaxed);
+        }
+        if unlisten || (listened && session.is_some()) {
+            self.counters.unlistens.fetch_add(1, Relaxed);
+        }
+        if session.is_some() {
+            self.counters.session_resets.fetch_add(1, Relaxed);
+        }
+        if sql.is_empty() {
+            self.counters.settled.fetch_add(1, Relaxed);
+        }
+        // 4. Make sure: no statement running, outside any transaction. A reply still due for
+        //    a Close arrives before any reply to the next borrower.
+        if !wire.wait_for(Wire::calm).await {
             return Err(PgError::Closed);
         }
-        if wire.status() != b'I' {
+        if wire.verdict().status != TransactionStatus::Idle {
             return Err(PgError::Reset("still inside a transaction after ROLLBACK"));
         }
+        if listened {
+            // The session listens to nothing now; what arrived before is nobody's.
+            wire.clear_notifications();
+        }
         conn.clean_mark = wire.sent();
+        conn.listen_mark = wire.listens();
         Ok(())
     }
 }
@@ -478,7 +583,9 @@ impl<R> fmt::Debug for PgManager<R> {
             .field("config", &self.config)
             .field("check", &self.check)
             .field("reset", &self.reset)
+            .field("cancel", &self.cancel)
             .field("cancel_after", &self.cancel_after)
+            .field("cancel_timeout", &self.cancel_timeout)
             .finish_non_exhaustive()
     }
 }

@@ -13,6 +13,7 @@
 
 pub mod fake;
 pub mod postgres;
+pub mod proxy;
 pub mod suite;
 
 pub use fake::{Counted, Fake, FakeConn, Step};
