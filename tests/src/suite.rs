@@ -490,10 +490,7 @@ pub async fn failed_check_discards_and_retries<R: Runtime>() {
     );
     drop(pool.get().await.expect("a connection"));
     pool.manager().set_check(Step::Err);
-    let acquire = {
-        let pool = pool.clone();
-        rt.spawn(async move { pool.get_timeout(Duration::from_secs(3)).await.map(|c| c.id) })
-    };
+    let acquire = spawn_acquire(&rt, &pool, Duration::from_secs(3));
     wait_until(&rt, || pool.metrics().checks_failed >= 1).await;
     pool.manager().set_check(Step::Ok);
     let id = acquire
@@ -510,10 +507,7 @@ pub async fn growing_the_pool_serves_a_waiter<R: Runtime>() {
     let rt = runtime::<R>();
     let pool = build(builder(&rt).max_size(1));
     let held = pool.get().await.expect("a connection");
-    let waiter = {
-        let pool = pool.clone();
-        rt.spawn(async move { pool.get_timeout(Duration::from_secs(3)).await.map(|c| c.id) })
-    };
+    let waiter = spawn_acquire(&rt, &pool, Duration::from_secs(3));
     wait_until(&rt, || pool.status().waiting == 1).await;
     pool.set_max_size(2).expect("a valid size");
     assert_eq!(
@@ -887,6 +881,17 @@ pub async fn many_tasks_cycling_through_a_small_pool_lose_no_wake_up<R: Runtime>
     assert_eq!(m.timed_out, 0);
 }
 
+/// Spawns a task that acquires with `timeout` and gives back the id of the connection it
+/// got (returning the connection at once).
+fn spawn_acquire<R: Runtime>(
+    rt: &Counted<R>,
+    pool: &TestPool<R>,
+    timeout: Duration,
+) -> futures::channel::oneshot::Receiver<Result<usize, Error<crate::fake::FakeError>>> {
+    let pool = pool.clone();
+    rt.spawn(async move { pool.get_timeout(timeout).await.map(|c| c.id) })
+}
+
 /// Awaits `future`, failing the test loudly if it has not finished within `limit` (a bound
 /// far beyond what the behaviour under test needs, not a measurement).
 async fn bounded<R: Runtime, F: std::future::Future>(
@@ -1147,31 +1152,29 @@ pub async fn a_panicking_connection_drop_leaves_the_maintenance_task_running<R: 
     drop(held);
 }
 
+/// A task acquires while a step of the manager panics; once a panic was caught, `fix` makes
+/// the step work again: the task is served. The id of its connection.
+async fn served_once_the_panics_stop<R: Runtime>(
+    rt: &Counted<R>,
+    pool: &TestPool<R>,
+    fix: impl FnOnce(&Fake<Counted<R>>),
+) -> usize {
+    let waiter = spawn_acquire(rt, pool, Duration::from_secs(10));
+    wait_until(rt, || pool.metrics().panics >= 1).await;
+    fix(pool.manager());
+    bounded(rt, Duration::from_secs(5), "served after the panic", waiter)
+        .await
+        .expect("task ran")
+        .expect("a connection")
+}
+
 /// A panicking connect is a failed connect: the waiter keeps waiting, the pool retries and
 /// serves once connects work.
 pub async fn a_panicking_connect_is_a_failed_connect<R: Runtime>() {
     let rt = runtime::<R>();
     let pool = build(builder(&rt).max_size(1));
     pool.manager().set_connect(Step::Panic);
-    let waiter = {
-        let pool = pool.clone();
-        rt.spawn(async move {
-            pool.get_timeout(Duration::from_secs(10))
-                .await
-                .map(|c| c.id)
-        })
-    };
-    wait_until(&rt, || pool.metrics().panics >= 1).await;
-    pool.manager().set_connect(Step::Ok);
-    let id = bounded(
-        &rt,
-        Duration::from_secs(5),
-        "served after the panic",
-        waiter,
-    )
-    .await
-    .expect("task ran")
-    .expect("a connection");
+    let id = served_once_the_panics_stop(&rt, &pool, |m| m.set_connect(Step::Ok)).await;
     assert!(id >= 1);
     assert!(pool.metrics().connects_failed >= 1);
 }
@@ -1189,25 +1192,7 @@ pub async fn panicking_check_has_broken_and_reset_close_the_connection<R: Runtim
     drop(pool.get().await.expect("the first connect is not checked"));
     // The check panics: the connection is closed, the acquire connects afresh.
     pool.manager().set_check(Step::Panic);
-    let waiter = {
-        let pool = pool.clone();
-        rt.spawn(async move {
-            pool.get_timeout(Duration::from_secs(10))
-                .await
-                .map(|c| c.id)
-        })
-    };
-    wait_until(&rt, || pool.metrics().panics >= 1).await;
-    pool.manager().set_check(Step::Ok);
-    let id = bounded(
-        &rt,
-        Duration::from_secs(5),
-        "served after a check panicked",
-        waiter,
-    )
-    .await
-    .expect("task ran")
-    .expect("a connection");
+    let id = served_once_the_panics_stop(&rt, &pool, |m| m.set_check(Step::Ok)).await;
     assert!(id >= 2, "the connection whose check panicked was replaced");
     wait_until(&rt, || pool.status().idle == 1).await;
     // has_broken panics at checkin: the connection counts as broken.
