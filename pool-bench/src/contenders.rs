@@ -295,9 +295,9 @@ fn ours<R: pool_core::Runtime>(
     builder
         .max_size(size)
         .acquire_timeout(None)
-        .check_on_checkout(false, Duration::ZERO)
+        .check_on_checkout(false)
         .idle_timeout(None)
-        .max_lifetime(None, Duration::ZERO)
+        .max_lifetime(None)
         .build()
         .map_err(|e| e.to_string())
 }

@@ -290,9 +290,9 @@ async fn run_one(
             })
             .max_size(size)
             .acquire_timeout(None)
-            .check_on_checkout(false, Duration::ZERO)
+            .check_on_checkout(false)
             .idle_timeout(None)
-            .max_lifetime(None, Duration::ZERO)
+            .max_lifetime(None)
             .build()
             .map_err(|e| err(&e))?;
             drive(repeat(pool, workers), size, sql, window).await

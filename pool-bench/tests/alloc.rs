@@ -3,7 +3,6 @@
 //! on a current-thread tokio runtime (so every allocation of the run is on this thread).
 
 use std::alloc::System;
-use std::time::Duration;
 
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
@@ -65,9 +64,9 @@ fn no_heap_allocation_per_cycle_when_a_connection_is_idle() {
         let cheapest = pool_tokio::Pool::builder(Counters)
             .max_size(4)
             .acquire_timeout(None)
-            .check_on_checkout(false, Duration::ZERO)
+            .check_on_checkout(false)
             .idle_timeout(None)
-            .max_lifetime(None, Duration::ZERO)
+            .max_lifetime(None)
             .build()
             .expect("pool");
         // The defaults: idle timeout, lifetime, acquire timeout, checkout check with a

@@ -33,7 +33,7 @@ const MAX_CANCELS: u32 = 3;
 const CANCEL_REQUEST_CODE: u32 = 80_877_102;
 
 /// The checkout check, run on a connection idle longer than the pool's bypass window
-/// (see [`Builder::check_on_checkout`](pool_core::Builder::check_on_checkout); 500 ms by
+/// (see [`Builder::check_bypass`](pool_core::Builder::check_bypass); 500 ms by
 /// default, as HikariCP).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]

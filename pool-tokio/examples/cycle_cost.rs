@@ -51,8 +51,8 @@ fn lean() -> Builder {
     pool_tokio::Pool::builder(Unit)
         .acquire_timeout(None)
         .idle_timeout(None)
-        .max_lifetime(None, Duration::ZERO)
-        .check_on_checkout(false, Duration::ZERO)
+        .max_lifetime(None)
+        .check_on_checkout(false)
 }
 
 fn main() {
@@ -70,12 +70,16 @@ fn main() {
             let lean = per_cycle(lean(), n).await;
             let defaults = per_cycle(pool_tokio::Pool::builder(Unit), n).await;
             let leaks = per_cycle(
-                pool_tokio::Pool::builder(Unit).leak_detection(threshold, false),
+                pool_tokio::Pool::builder(Unit)
+                    .leak_threshold(threshold)
+                    .leak_backtraces(false),
                 n,
             )
             .await;
             let traced = per_cycle(
-                pool_tokio::Pool::builder(Unit).leak_detection(threshold, true),
+                pool_tokio::Pool::builder(Unit)
+                    .leak_threshold(threshold)
+                    .leak_backtraces(true),
                 (n / 40).max(1),
             )
             .await;

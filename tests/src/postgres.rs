@@ -281,7 +281,8 @@ impl<R: PgRuntime> Db<R> {
     pub fn builder(&self, manager: PgManager<R>) -> Builder<PgManager<R>, R> {
         Pool::builder(manager)
             .runtime(self.rt.clone())
-            .backoff(Duration::from_millis(20), Duration::from_millis(200))
+            .backoff_base(Duration::from_millis(20))
+            .backoff_max(Duration::from_millis(200))
     }
 
     /// Builds a pool.
@@ -736,7 +737,8 @@ pub async fn silent_address_is_bounded_by_the_connect_timeout_and_stalls_no_one<
         .runtime(db.rt.clone())
         .max_size(2)
         .connect_timeout(Duration::from_millis(500))
-        .backoff(Duration::from_millis(50), Duration::from_millis(200))
+        .backoff_base(Duration::from_millis(50))
+        .backoff_max(Duration::from_millis(200))
         .build()
     {
         Ok(pool) => pool,
@@ -853,7 +855,8 @@ pub async fn frozen_backend_never_holds_an_acquire_past_its_deadline<R: PgRuntim
         let pool = db.build(
             db.builder(db.manager())
                 .max_size(2)
-                .check_on_checkout(true, Duration::ZERO)
+                .check_on_checkout(true)
+                .check_bypass(Duration::ZERO)
                 .check_timeout(check_timeout)
                 .acquire_timeout(Some(Duration::from_secs(1))),
         );

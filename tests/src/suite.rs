@@ -22,8 +22,9 @@ fn runtime<R: Runtime>() -> Counted<R> {
 fn builder<R: Runtime>(rt: &Counted<R>) -> Builder<Fake<Counted<R>>, Counted<R>> {
     Pool::builder(Fake::new(rt.clone()))
         .runtime(rt.clone())
-        .check_on_checkout(false, Duration::ZERO)
-        .backoff(Duration::from_millis(10), Duration::from_millis(50))
+        .check_on_checkout(false)
+        .backoff_base(Duration::from_millis(10))
+        .backoff_max(Duration::from_millis(50))
 }
 
 fn build<R: Runtime>(b: Builder<Fake<Counted<R>>, Counted<R>>) -> TestPool<R> {
@@ -229,7 +230,8 @@ pub async fn cancelling_an_acquire_at_every_await_point_loses_nothing<R: Runtime
                 let pool = build(
                     builder(&rt)
                         .max_size(2)
-                        .check_on_checkout(true, Duration::ZERO)
+                        .check_on_checkout(true)
+                        .check_bypass(Duration::ZERO)
                         .connect_timeout(Duration::from_millis(100))
                         .reset_timeout(Duration::from_millis(100)),
                 );
@@ -365,7 +367,8 @@ pub async fn leak_is_reported_with_where_it_was_acquired<R: Runtime>() {
     let sink = Arc::clone(&reports);
     let pool = build(
         builder(&rt)
-            .leak_detection(Some(Duration::from_millis(100)), true)
+            .leak_threshold(Some(Duration::from_millis(100)))
+            .leak_backtraces(true)
             .on_leak(move |r| {
                 sink.lock()
                     .expect("no panics under this lock")
@@ -486,7 +489,8 @@ pub async fn failed_check_discards_and_retries<R: Runtime>() {
     let pool = build(
         builder(&rt)
             .max_size(1)
-            .check_on_checkout(true, Duration::ZERO),
+            .check_on_checkout(true)
+            .check_bypass(Duration::ZERO),
     );
     drop(pool.get().await.expect("a connection"));
     pool.manager().set_check(Step::Err);
@@ -566,6 +570,32 @@ pub async fn build_rejects_bad_configuration<R: Runtime>() {
     assert_eq!(
         field(builder(&rt).idle_timeout(Some(Duration::ZERO))),
         "idle_timeout"
+    );
+    // Each setter is named as the error names its setting.
+    let second = Duration::from_secs(1);
+    assert_eq!(
+        field(
+            builder(&rt)
+                .max_lifetime(Some(second))
+                .max_lifetime_jitter(second)
+        ),
+        "max_lifetime_jitter"
+    );
+    assert_eq!(
+        field(builder(&rt).leak_threshold(Some(Duration::ZERO))),
+        "leak_threshold"
+    );
+    assert_eq!(
+        field(builder(&rt).backoff_base(Duration::ZERO)),
+        "backoff_base"
+    );
+    assert_eq!(
+        field(builder(&rt).backoff_base(second).backoff_max(second / 2)),
+        "backoff_max"
+    );
+    assert_eq!(
+        field(builder(&rt).check_timeout(Duration::ZERO)),
+        "check_timeout"
     );
     let e = builder(&rt)
         .max_size(0)
@@ -802,7 +832,8 @@ pub async fn connections_are_retired_at_their_max_lifetime<R: Runtime>() {
     let pool = build(
         builder(&rt)
             .max_size(1)
-            .max_lifetime(Some(Duration::from_millis(100)), Duration::ZERO),
+            .max_lifetime(Some(Duration::from_millis(100)))
+            .max_lifetime_jitter(Duration::ZERO),
     );
     let start = Instant::now();
     let mut id = 1;
@@ -989,7 +1020,8 @@ pub async fn a_hanging_checkout_check_ends_at_the_acquire_deadline<R: Runtime>()
     let pool = build(
         builder(&rt)
             .max_size(1)
-            .check_on_checkout(true, Duration::ZERO)
+            .check_on_checkout(true)
+            .check_bypass(Duration::ZERO)
             .acquire_timeout(Some(Duration::from_millis(200))),
     );
     drop(pool.get().await.expect("the first connect is not checked"));
@@ -1029,7 +1061,8 @@ pub async fn a_check_past_the_check_timeout_is_replaced_by_a_fresh_connect<R: Ru
     let pool = build(
         builder(&rt)
             .max_size(1)
-            .check_on_checkout(true, Duration::ZERO)
+            .check_on_checkout(true)
+            .check_bypass(Duration::ZERO)
             .check_timeout(Duration::from_millis(100))
             .acquire_timeout(Some(Duration::from_secs(10))),
     );
@@ -1096,7 +1129,8 @@ pub async fn a_panicking_leak_hook_leaves_the_maintenance_task_running<R: Runtim
     let pool = build(
         builder(&rt)
             .max_size(1)
-            .leak_detection(Some(Duration::from_millis(50)), false)
+            .leak_threshold(Some(Duration::from_millis(50)))
+            .leak_backtraces(false)
             .on_leak(move |_| {
                 seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 panic!("the leak hook panics");
@@ -1187,7 +1221,8 @@ pub async fn panicking_check_has_broken_and_reset_close_the_connection<R: Runtim
     let pool = build(
         builder(&rt)
             .max_size(1)
-            .check_on_checkout(true, Duration::ZERO),
+            .check_on_checkout(true)
+            .check_bypass(Duration::ZERO),
     );
     drop(pool.get().await.expect("the first connect is not checked"));
     // The check panics: the connection is closed, the acquire connects afresh.

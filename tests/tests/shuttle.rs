@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use pool_core::{Pool, Runtime};
 use pool_tests::{Counted, Fake};
@@ -56,7 +56,7 @@ fn acquire_cancel_release_race() {
             .runtime(rt)
             .max_size(1)
             .acquire_timeout(None)
-            .check_on_checkout(false, Duration::ZERO)
+            .check_on_checkout(false)
             .build()
             .expect("a valid configuration");
         let holder = pool.get().await.expect("the first connection");

@@ -389,10 +389,17 @@ impl<M: Manager, R: Runtime> Builder<M, R> {
         self
     }
 
-    /// Retire connections older than this, each shortened by a random jitter up to
-    /// `jitter`; `None` keeps them forever.
-    pub fn max_lifetime(mut self, lifetime: Option<Duration>, jitter: Duration) -> Self {
+    /// Retire connections older than this (each shortened by a random
+    /// [`max_lifetime_jitter`](Self::max_lifetime_jitter)); `None` keeps them forever.
+    pub fn max_lifetime(mut self, lifetime: Option<Duration>) -> Self {
         self.config.max_lifetime = lifetime;
+        self
+    }
+
+    /// Shorten each connection's lifetime by a random amount up to this, so connections
+    /// opened together do not all expire together (default 30 s; must be less than
+    /// [`max_lifetime`](Self::max_lifetime) when that is set).
+    pub fn max_lifetime_jitter(mut self, jitter: Duration) -> Self {
         self.config.max_lifetime_jitter = jitter;
         self
     }
@@ -426,21 +433,32 @@ impl<M: Manager, R: Runtime> Builder<M, R> {
         self
     }
 
-    /// Whether to run [`Manager::check`] on checkout, and for connections used more than
-    /// `bypass` ago only (HikariCP uses 500 ms; zero checks every time).
-    pub fn check_on_checkout(mut self, enabled: bool, bypass: Duration) -> Self {
+    /// Whether to run [`Manager::check`] on checkout (default `true`), for connections used
+    /// more than [`check_bypass`](Self::check_bypass) ago.
+    pub fn check_on_checkout(mut self, enabled: bool) -> Self {
         self.settings.check_on_checkout = enabled;
+        self
+    }
+
+    /// Skip the checkout check for connections used less than this long ago (HikariCP and
+    /// the default use 500 ms; zero checks every time).
+    pub fn check_bypass(mut self, bypass: Duration) -> Self {
         self.settings.check_bypass = bypass;
         self
     }
 
     /// Report leases held longer than `threshold` (a `tracing` warning, the
-    /// [`on_leak`](Self::on_leak) hook and a counter). With `backtraces`, each acquire
-    /// captures where it was made, so the report can say (this costs a backtrace capture
-    /// per acquire).
-    pub fn leak_detection(mut self, threshold: Option<Duration>, backtraces: bool) -> Self {
+    /// [`on_leak`](Self::on_leak) hook and a counter); `None`, the default, reports none.
+    pub fn leak_threshold(mut self, threshold: Option<Duration>) -> Self {
         self.config.leak_threshold = threshold;
-        self.settings.leak_backtraces = backtraces && threshold.is_some();
+        self
+    }
+
+    /// With a [`leak_threshold`](Self::leak_threshold), each acquire captures where it was
+    /// made, so a leak report can say (this costs a backtrace capture per acquire). Without
+    /// a threshold it does nothing. Default `false`.
+    pub fn leak_backtraces(mut self, enabled: bool) -> Self {
+        self.settings.leak_backtraces = enabled;
         self
     }
 
@@ -457,9 +475,16 @@ impl<M: Manager, R: Runtime> Builder<M, R> {
         self
     }
 
-    /// The back-off between failed connects: `base`, doubling up to `max`, with jitter.
-    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+    /// The back-off after the first failed connect (default 50 ms); it doubles with each
+    /// further failure, up to [`backoff_max`](Self::backoff_max), with jitter.
+    pub fn backoff_base(mut self, base: Duration) -> Self {
         self.config.backoff_base = base;
+        self
+    }
+
+    /// The longest back-off between failed connects (default 200 ms): the pool serves again
+    /// at most this long after the server accepts connections again.
+    pub fn backoff_max(mut self, max: Duration) -> Self {
         self.config.backoff_max = max;
         self
     }
@@ -499,13 +524,16 @@ impl<M: Manager, R: Runtime> Builder<M, R> {
             )
             .into());
         }
+        let mut settings = self.settings;
+        // Backtraces serve leak reports only: without a threshold there are none to serve.
+        settings.leak_backtraces &= self.config.leak_threshold.is_some();
         let machine = Machine::new(self.config)?;
         let runtime = match self.runtime {
             Some(runtime) => runtime,
             None => R::current().map_err(BuildError::NoRuntime)?,
         };
         runtime.validate().map_err(BuildError::NoRuntime)?;
-        let shared = Shared::new(self.manager, runtime, self.settings, State::new(machine));
+        let shared = Shared::new(self.manager, runtime, settings, State::new(machine));
         shared.runtime.spawn(maintain(Arc::downgrade(&shared)));
         // Start the min_idle connects the machine asked for at construction.
         shared.transition(|_| ());
