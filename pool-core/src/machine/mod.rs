@@ -41,15 +41,31 @@
 //! pool.release(lease, conn, Release::Reuse, now).unwrap();
 //! assert_eq!(pool.status().idle, 1);
 //! ```
+//!
+//! # Layout
+//!
+//! This file holds the machine's state and its public interface; each concern behind it has
+//! a file of its own: `slots.rs` (the units of `max_size` and their states), `waiters.rs`
+//! (the FIFO of waiting tasks), `timers.rs` (deadlines and back-off), `rng.rs` (jitter),
+//! `config.rs` and `types.rs` (the vocabulary of the interface). The invariants the machine
+//! keeps are listed, with the tests that check them, in `ARCHITECTURE.md`, "Invariants".
 
 mod config;
+mod rng;
+mod slots;
+mod timers;
 mod types;
+mod waiters;
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
+
+use rng::SplitMix64;
+use slots::{Slot, SlotState};
+use waiters::{Queue, Waiter, WaiterState};
 
 pub use config::{Config, ConfigError, MAX_SIZE_LIMIT};
 pub use types::{
@@ -92,69 +108,6 @@ pub struct Machine<C, E> {
     /// input that adds a deadline, never raised before the next `handle_timeout`.
     next_timeout: Option<Instant>,
     rng: SplitMix64,
-}
-
-struct Slot<C> {
-    serial: u64,
-    state: SlotState<C>,
-    /// When the connection must be retired (its lifetime, jitter applied); set on connect.
-    expires: Option<Instant>,
-}
-
-enum SlotState<C> {
-    Opening,
-    Idle {
-        conn: C,
-        since: Instant,
-    },
-    Granted {
-        conn: C,
-    },
-    Leased {
-        lease: u64,
-        since: Instant,
-        leak_reported: bool,
-    },
-    Abandoned {
-        lease: u64,
-    },
-    Closing {
-        counted: bool,
-    },
-}
-
-struct Waiter {
-    serial: u64,
-    enqueued: Instant,
-    deadline: Option<Instant>,
-    state: WaiterState,
-}
-
-enum WaiterState {
-    Queued {
-        prev: Option<u32>,
-        next: Option<u32>,
-    },
-    Granted {
-        slot: u32,
-    },
-    TimedOut {
-        waited: Duration,
-        status: Status,
-    },
-    /// Failed by a fatal connect error (the machine's `fatal_error`), with the pool as it
-    /// was when the error arrived.
-    Failed {
-        status: Status,
-    },
-    Closed,
-}
-
-#[derive(Default)]
-struct Queue {
-    head: Option<u32>,
-    tail: Option<u32>,
-    len: usize,
 }
 
 impl<C, E> Machine<C, E> {
@@ -682,212 +635,12 @@ impl<C, E> Machine<C, E> {
         self.next_timeout
     }
 
-    // ----- internals -----------------------------------------------------------------------
-
-    fn slot(&self, id: SlotId) -> Option<&Slot<C>> {
-        self.slots
-            .get(id.index as usize)
-            .filter(|slot| slot.serial == id.serial)
-    }
-
-    fn waiter(&self, id: WaiterId) -> Option<&Waiter> {
-        self.waiters
-            .get(id.index as usize)
-            .filter(|w| w.serial == id.serial)
-    }
-
-    /// The slot of an outstanding lease (leased or reclaimed).
-    fn lease_slot(&self, id: LeaseId) -> Option<u32> {
-        match self.slots.get(id.index as usize)?.state {
-            SlotState::Leased { lease, .. } | SlotState::Abandoned { lease, .. }
-                if lease == id.serial =>
-            {
-                Some(id.index)
-            }
-            _ => None,
-        }
-    }
+    // ----- internals shared by the concerns (see slots.rs, waiters.rs, timers.rs) --------
 
     fn serial(&mut self) -> u64 {
         let serial = self.next_serial;
         self.next_serial = self.next_serial.wrapping_add(1);
         serial
-    }
-
-    /// Replaces a slot's state, keeping the counters in step; the one place they change
-    /// (besides slot removal, which callers pair with the state they remove).
-    fn set_state(&mut self, index: u32, state: SlotState<C>) -> SlotState<C> {
-        let slot = &mut self.slots[index as usize];
-        let old = std::mem::replace(&mut slot.state, state);
-        match &old {
-            SlotState::Opening => self.opening -= 1,
-            SlotState::Idle { .. } => {} // the idle deque is maintained by its callers
-            SlotState::Granted { .. } | SlotState::Leased { .. } => self.in_use -= 1,
-            SlotState::Abandoned { .. } => self.abandoned -= 1,
-            SlotState::Closing { counted } => {
-                if *counted {
-                    self.closing -= 1;
-                }
-            }
-        }
-        match &slot.state {
-            SlotState::Opening => self.opening += 1,
-            SlotState::Idle { .. } => {}
-            SlotState::Granted { .. } | SlotState::Leased { .. } => self.in_use += 1,
-            SlotState::Abandoned { .. } => self.abandoned += 1,
-            SlotState::Closing { counted } => {
-                if *counted {
-                    self.closing += 1;
-                }
-            }
-        }
-        old
-    }
-
-    /// Removes a slot that is not idle, keeping the counters in step.
-    fn remove_slot(&mut self, index: u32) {
-        self.set_state(index, SlotState::Closing { counted: false });
-        self.slots.remove(index as usize);
-    }
-
-    /// Leases the most recently used idle connection, closing any found past their lifetime.
-    fn lease_idle(&mut self, now: Instant) -> Option<(Lease, C)> {
-        while let Some(index) = self.idle.pop_back() {
-            if self.slots[index as usize].expires.is_some_and(|t| t <= now) {
-                self.retire_idle(index, CloseReason::MaxLifetime);
-                self.replenish(Some(now));
-                continue;
-            }
-            let serial = self.serial();
-            let leased = SlotState::Leased {
-                lease: serial,
-                since: now,
-                leak_reported: false,
-            };
-            // Idle to leased in one step (the hot path of every acquire): only `in_use`
-            // changes, since idle connections are counted by the idle deque.
-            let slot = &mut self.slots[index as usize];
-            let expires = slot.expires;
-            match std::mem::replace(&mut slot.state, leased) {
-                SlotState::Idle { conn, .. } => {
-                    self.in_use += 1;
-                    self.note_lease_deadlines(now);
-                    return Some((
-                        Lease {
-                            id: LeaseId { index, serial },
-                            expires,
-                        },
-                        conn,
-                    ));
-                }
-                // Only idle slots are in the idle deque.
-                other => slot.state = other,
-            }
-        }
-        None
-    }
-
-    /// Marks a slot (whose connection the caller now holds) as leased.
-    fn lease(&mut self, index: u32, now: Instant) -> Lease {
-        let serial = self.serial();
-        self.set_state(
-            index,
-            SlotState::Leased {
-                lease: serial,
-                since: now,
-                leak_reported: false,
-            },
-        );
-        self.note_lease_deadlines(now);
-        Lease {
-            id: LeaseId { index, serial },
-            expires: self.slots[index as usize].expires,
-        }
-    }
-
-    /// Notes the leak and reclaim deadlines of a lease starting at `now`, if configured.
-    fn note_lease_deadlines(&mut self, now: Instant) {
-        if let Some(t) = self.config.leak_threshold.and_then(|d| now.checked_add(d)) {
-            self.note_deadline(t);
-        }
-        if let Some(t) = self.config.reclaim_after.and_then(|d| now.checked_add(d)) {
-            self.note_deadline(t);
-        }
-    }
-
-    /// A connection is available in slot `index` (whose state the caller has taken out):
-    /// hand it to the oldest waiter, park it idle, or close it.
-    fn dispatch(&mut self, index: u32, conn: C, now: Instant) {
-        let reason = if self.closed {
-            Some(CloseReason::PoolClosed)
-        } else if self.slots[index as usize].expires.is_some_and(|t| t <= now) {
-            Some(CloseReason::MaxLifetime)
-        } else if self.live() > self.config.max_size {
-            Some(CloseReason::Surplus)
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            return self.start_close(index, conn, reason);
-        }
-        if let Some(waiter) = self.queue.head {
-            self.unlink(waiter);
-            self.set_state(index, SlotState::Granted { conn });
-            self.resolve(waiter, WaiterState::Granted { slot: index });
-        } else {
-            self.set_state(index, SlotState::Idle { conn, since: now });
-            self.park_idle(index, now);
-        }
-    }
-
-    /// Puts slot `index`, just set idle, at the back of the idle deque and notes the
-    /// deadlines it brings (its lifetime, the idle timeout of the oldest idle connection).
-    fn park_idle(&mut self, index: u32, now: Instant) {
-        self.idle.push_back(index);
-        // Its lifetime was noted at connect, but a `handle_timeout` since then (while it
-        // was leased) recomputed the deadline without it: note it again now it is idle.
-        if let Some(expires) = self.slots[index as usize].expires {
-            self.note_deadline(expires);
-        }
-        if let Some(timeout) = self.config.idle_timeout {
-            let len = self.idle.len();
-            if len > self.config.min_idle {
-                // Reaping starts with the oldest idle connection (the front), whose
-                // deadline is the earliest; it may have been kept for `min_idle` until
-                // now, with no deadline noted, so note its deadline, not this one's.
-                let oldest = match self.idle.front() {
-                    Some(&i) if len > 1 => match self.slots.get(i as usize) {
-                        Some(Slot {
-                            state: SlotState::Idle { since, .. },
-                            ..
-                        }) => (*since).min(now),
-                        _ => now,
-                    },
-                    _ => now,
-                };
-                if let Some(t) = oldest.checked_add(timeout) {
-                    self.note_deadline(t);
-                }
-            }
-        }
-    }
-
-    /// Closes the connection of slot `index`, whose state the caller has taken out.
-    fn start_close(&mut self, index: u32, conn: C, reason: CloseReason) {
-        let counted = reason != CloseReason::Reclaimed;
-        self.set_state(index, SlotState::Closing { counted });
-        let slot = SlotId {
-            index,
-            serial: self.slots[index as usize].serial,
-        };
-        self.actions.push_back(Action::Close { slot, conn, reason });
-    }
-
-    /// Closes an idle slot already removed from the idle deque.
-    fn retire_idle(&mut self, index: u32, reason: CloseReason) {
-        if let SlotState::Idle { conn, .. } = self.set_state(index, SlotState::Opening) {
-            self.start_close(index, conn, reason);
-        }
     }
 
     /// Follow-up common to inputs that may free capacity: open for demand, report drain.
@@ -896,304 +649,11 @@ impl<C, E> Machine<C, E> {
         self.check_drained();
     }
 
-    /// Reserves slots and asks for connects while waiters or `min_idle` want them, within
-    /// `max_size`, one at a time while connects are failing, none during a back-off.
-    fn replenish(&mut self, now: Option<Instant>) {
-        if self.closed {
-            return;
-        }
-        let wanted = self.queue.len + self.config.min_idle.saturating_sub(self.idle.len());
-        if wanted <= self.opening {
-            return;
-        }
-        if let Some(until) = self.backoff_until {
-            if now.is_none_or(|now| now < until) {
-                self.note_deadline(until);
-                return;
-            }
-        }
-        let mut room = self.config.max_size.saturating_sub(self.size());
-        if self.failures > 0 {
-            room = room.min(1usize.saturating_sub(self.opening));
-        }
-        for _ in 0..room.min(wanted - self.opening) {
-            let serial = self.serial();
-            let index = self.slots.insert(Slot {
-                serial,
-                state: SlotState::Opening,
-                expires: None,
-            });
-            self.opening += 1;
-            let Ok(index) = u32::try_from(index) else {
-                // Unreachable: max_size is capped at MAX_SIZE_LIMIT, far below u32::MAX.
-                self.opening -= 1;
-                self.slots.remove(index);
-                return;
-            };
-            self.actions.push_back(Action::Open {
-                slot: SlotId { index, serial },
-            });
-        }
-    }
-
     fn check_drained(&mut self) {
         if self.closed && !self.drained_reported && self.size() == 0 {
             self.drained_reported = true;
             self.actions.push_back(Action::Drained);
         }
-    }
-
-    fn enqueue(&mut self, now: Instant, deadline: Option<Instant>) -> WaiterId {
-        let serial = self.serial();
-        let prev = self.queue.tail;
-        let entry = self.waiters.vacant_entry();
-        // The waiter slab never holds more than u32::MAX entries in practice: each is a task.
-        let index = entry.key() as u32;
-        entry.insert(Waiter {
-            serial,
-            enqueued: now,
-            deadline,
-            state: WaiterState::Queued { prev, next: None },
-        });
-        match prev {
-            Some(p) => {
-                if let WaiterState::Queued { next, .. } = &mut self.waiters[p as usize].state {
-                    *next = Some(index);
-                }
-            }
-            None => self.queue.head = Some(index),
-        }
-        self.queue.tail = Some(index);
-        self.queue.len += 1;
-        if let Some(deadline) = deadline {
-            self.note_deadline(deadline);
-        }
-        WaiterId { index, serial }
-    }
-
-    /// Removes a queued waiter from the FIFO (its state is then set by the caller).
-    fn unlink(&mut self, index: u32) {
-        let WaiterState::Queued { prev, next } = self.waiters[index as usize].state else {
-            return;
-        };
-        match prev {
-            Some(p) => {
-                if let WaiterState::Queued { next: n, .. } = &mut self.waiters[p as usize].state {
-                    *n = next;
-                }
-            }
-            None => self.queue.head = next,
-        }
-        match next {
-            Some(n) => {
-                if let WaiterState::Queued { prev: p, .. } = &mut self.waiters[n as usize].state {
-                    *p = prev;
-                }
-            }
-            None => self.queue.tail = prev,
-        }
-        self.queue.len -= 1;
-        // Mark it unlinked so a second unlink is a no-op.
-        self.waiters[index as usize].state = WaiterState::Closed;
-    }
-
-    /// Gives an unlinked waiter its outcome and asks the driver to wake it.
-    fn resolve(&mut self, index: u32, state: WaiterState) {
-        let waiter = &mut self.waiters[index as usize];
-        waiter.state = state;
-        let id = WaiterId {
-            index,
-            serial: waiter.serial,
-        };
-        self.actions.push_back(Action::Wake { waiter: id });
-    }
-
-    /// Whether a task that would be waiter number `position` (0 for the head) can only be
-    /// served by a connect that cannot succeed now: the last connect failed fatally, the
-    /// back-off runs with no connect in flight, and the connections in use (each of which
-    /// may come back) are all spoken for by waiters ahead of it.
-    fn waiting_is_hopeless(&self, now: Instant, position: usize) -> bool {
-        self.fatal
-            && self.opening == 0
-            && self.backoff_until.is_some_and(|t| now < t)
-            && position >= self.in_use
-    }
-
-    /// After a fatal connect error: fails every queued waiter beyond the first `in_use`
-    /// (those may still be served by a connection coming back), each reporting the pool as
-    /// the error found it (itself still counted as waiting).
-    fn fail_hopeless_waiters(&mut self) {
-        let status = self.status();
-        let mut cursor = self.queue.head;
-        let mut position = 0;
-        while let Some(index) = cursor {
-            cursor = match self.waiters[index as usize].state {
-                WaiterState::Queued { next, .. } => next,
-                _ => None,
-            };
-            if position >= self.in_use {
-                self.unlink(index);
-                self.resolve(index, WaiterState::Failed { status });
-            }
-            position += 1;
-        }
-    }
-
-    fn expire_waiters(&mut self, now: Instant) {
-        // Every waiter timing out now reports the pool as it was at this instant.
-        let status = self.status();
-        let mut cursor = self.queue.head;
-        while let Some(index) = cursor {
-            let waiter = &self.waiters[index as usize];
-            cursor = match waiter.state {
-                WaiterState::Queued { next, .. } => next,
-                _ => None,
-            };
-            if waiter.deadline.is_some_and(|d| d <= now) {
-                let waited = now.saturating_duration_since(waiter.enqueued);
-                self.unlink(index);
-                self.resolve(index, WaiterState::TimedOut { waited, status });
-            }
-        }
-    }
-
-    fn scan_leases(&mut self, now: Instant) {
-        let (leak, reclaim) = (self.config.leak_threshold, self.config.reclaim_after);
-        if leak.is_none() && reclaim.is_none() {
-            return;
-        }
-        for (index, slot) in &mut self.slots {
-            let SlotState::Leased {
-                lease,
-                since,
-                leak_reported,
-            } = &mut slot.state
-            else {
-                continue;
-            };
-            let held_for = now.saturating_duration_since(*since);
-            let id = LeaseId {
-                index: index as u32,
-                serial: *lease,
-            };
-            if reclaim.is_some_and(|limit| held_for >= limit) {
-                if leak.is_some() && !*leak_reported {
-                    self.actions.push_back(Action::LeakSuspected {
-                        lease: id,
-                        held_for,
-                    });
-                }
-                slot.state = SlotState::Abandoned { lease: *lease };
-                self.in_use -= 1;
-                self.abandoned += 1;
-                self.actions.push_back(Action::Reclaimed {
-                    lease: id,
-                    held_for,
-                });
-            } else if leak.is_some_and(|limit| held_for >= limit) && !*leak_reported {
-                *leak_reported = true;
-                self.actions.push_back(Action::LeakSuspected {
-                    lease: id,
-                    held_for,
-                });
-            }
-        }
-    }
-
-    fn reap_idle(&mut self, now: Instant) {
-        let mut i = 0;
-        while i < self.idle.len() {
-            let index = self.idle[i];
-            let slot = &self.slots[index as usize];
-            let since = match slot.state {
-                SlotState::Idle { since, .. } => since,
-                _ => now,
-            };
-            let reason = if slot.expires.is_some_and(|t| t <= now) {
-                Some(CloseReason::MaxLifetime)
-            } else if self.idle.len() > self.config.min_idle
-                && self
-                    .config
-                    .idle_timeout
-                    .is_some_and(|d| now.saturating_duration_since(since) >= d)
-            {
-                Some(CloseReason::IdleTimeout)
-            } else {
-                None
-            };
-            match reason {
-                Some(reason) => {
-                    self.idle.remove(i);
-                    self.retire_idle(index, reason);
-                }
-                None => i += 1,
-            }
-        }
-    }
-
-    /// The exact earliest deadline, recomputed from scratch.
-    fn earliest_deadline(&self) -> Option<Instant> {
-        let mut earliest: Option<Instant> = None;
-        let mut note = |t: Option<Instant>| {
-            if let Some(t) = t {
-                earliest = Some(earliest.map_or(t, |e| e.min(t)));
-            }
-        };
-        let mut cursor = self.queue.head;
-        while let Some(index) = cursor {
-            let waiter = &self.waiters[index as usize];
-            note(waiter.deadline);
-            cursor = match waiter.state {
-                WaiterState::Queued { next, .. } => next,
-                _ => None,
-            };
-        }
-        let idle_reapable = self.idle.len() > self.config.min_idle;
-        for (_, slot) in &self.slots {
-            match slot.state {
-                SlotState::Idle { since, .. } => {
-                    note(slot.expires);
-                    if idle_reapable {
-                        note(self.config.idle_timeout.and_then(|d| since.checked_add(d)));
-                    }
-                }
-                SlotState::Leased {
-                    since,
-                    leak_reported,
-                    ..
-                } => {
-                    if !leak_reported {
-                        note(
-                            self.config
-                                .leak_threshold
-                                .and_then(|d| since.checked_add(d)),
-                        );
-                    }
-                    note(self.config.reclaim_after.and_then(|d| since.checked_add(d)));
-                }
-                _ => {}
-            }
-        }
-        if !self.closed {
-            note(self.backoff_until);
-        }
-        earliest
-    }
-
-    fn note_deadline(&mut self, t: Instant) {
-        self.next_timeout = Some(self.next_timeout.map_or(t, |e| e.min(t)));
-    }
-
-    fn backoff_delay(&mut self) -> Duration {
-        let base = self.config.backoff_base;
-        let exp = self.failures.saturating_sub(1).min(31);
-        let delay = base
-            .checked_mul(1 << exp)
-            .unwrap_or(Duration::MAX)
-            .min(self.config.backoff_max);
-        // "Equal jitter": between half the delay and the whole of it.
-        let half = delay / 2;
-        half + self.rng.below(delay - half)
     }
 }
 
@@ -1206,28 +666,5 @@ impl<C, E> fmt::Debug for Machine<C, E> {
             .field("backoff_until", &self.backoff_until)
             .field("next_timeout", &self.next_timeout)
             .finish_non_exhaustive()
-    }
-}
-
-/// A tiny seeded generator (SplitMix64) for jitter, so a run replays exactly.
-#[derive(Debug, Clone)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A uniformly drawn duration in `[0, max]`.
-    fn below(&mut self, max: Duration) -> Duration {
-        let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
-        if nanos == 0 {
-            return Duration::ZERO;
-        }
-        Duration::from_nanos(self.next_u64() % nanos.saturating_add(1))
     }
 }
