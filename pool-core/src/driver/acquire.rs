@@ -55,13 +55,9 @@ impl<'a, M: Manager, R: Runtime> Acquire<'a, M, R> {
         }
     }
 
-    /// Turns a freshly leased connection into a guard, or starts its checkout check.
-    fn got(
-        &mut self,
-        lease: Lease,
-        conn: ConnOf<M>,
-        now: Instant,
-    ) -> Option<PooledConnection<'a, M, R>> {
+    /// What to do with a freshly leased connection: lend it, or run its checkout check
+    /// first, or (the manager knows it is broken: it is closed) acquire again.
+    fn checkout(&self, lease: Lease, conn: ConnOf<M>, now: Instant) -> Checkout<'a, M, R> {
         let shared: &'a Arc<Shared<M, R>> = &self.pool.shared;
         if let Some(bt) = &self.backtrace {
             let old = shared
@@ -70,8 +66,9 @@ impl<'a, M: Manager, R: Runtime> Acquire<'a, M, R> {
             drop(old);
         }
         let settings = &shared.settings;
-        // `now` is only a clock reading when the bypass window needs one (see `Clock`); with a
-        // zero window the comparison is false whatever `now` is, so the check runs.
+        // `now` is only a clock reading when the bypass window needs one (see
+        // `ClockPolicy`); with a zero window the comparison is false whatever `now` is, so
+        // the check runs.
         let skip = !settings.check_on_checkout
             || now.saturating_duration_since(conn.last_used) < settings.check_bypass;
         let mut guard = PooledConnection::new(shared, lease, conn);
@@ -82,14 +79,16 @@ impl<'a, M: Manager, R: Runtime> Acquire<'a, M, R> {
         });
         if broken != Some(false) {
             guard.close(Release::Broken);
-            self.stage = Stage::Start;
-            return None;
+            return Checkout::Next(Stage::Start);
         }
         if skip {
-            return Some(guard);
+            return Checkout::Lend(guard);
         }
-        self.stage = Stage::Checking(Box::pin(check(shared, guard, self.deadline)));
-        None
+        Checkout::Next(Stage::Checking(Box::pin(check(
+            shared,
+            guard,
+            self.deadline,
+        ))))
     }
 
     /// The start of this acquire's wait, and its deadline, from the first clock reading.
@@ -122,6 +121,14 @@ impl<'a, M: Manager, R: Runtime> Acquire<'a, M, R> {
         self.started
             .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
     }
+}
+
+/// What [`Acquire::checkout`] decided for a leased connection.
+enum Checkout<'a, M: Manager, R: Runtime> {
+    /// Lend it: the acquire is done.
+    Lend(PooledConnection<'a, M, R>),
+    /// Go on at this stage (its check, or a new acquire).
+    Next(Stage<'a, M, R>),
 }
 
 /// What became of a checkout check.
@@ -200,12 +207,15 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                     }
                     // The hot path: a connection parked in the return lane, lent without
                     // the lock, reading the clock only if a configured feature needs the
-                    // time (see `Clock`). Otherwise the full acquire below, which reads the
+                    // time (see `ClockPolicy`). Otherwise the full acquire below, which reads the
                     // clock, since waiting needs it.
                     if let Some((lease, conn, now)) = shared.lend_parked() {
-                        if let Some(guard) = this.got(lease, conn, now) {
-                            this.stage = Stage::Done;
-                            return Poll::Ready(Ok(guard));
+                        match this.checkout(lease, conn, now) {
+                            Checkout::Lend(guard) => {
+                                this.stage = Stage::Done;
+                                return Poll::Ready(Ok(guard));
+                            }
+                            Checkout::Next(stage) => this.stage = stage,
                         }
                         // A checkout check started (or the connection was broken): the wait
                         // and the deadline run from here, as they would have from the clock
@@ -249,12 +259,13 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                     });
                     drop(unused);
                     match outcome {
-                        Ok(Acquired::Ready(lease, conn)) => {
-                            if let Some(guard) = this.got(lease, conn, now) {
+                        Ok(Acquired::Ready(lease, conn)) => match this.checkout(lease, conn, now) {
+                            Checkout::Lend(guard) => {
                                 this.stage = Stage::Done;
                                 return Poll::Ready(Ok(guard));
                             }
-                        }
+                            Checkout::Next(stage) => this.stage = stage,
+                        },
                         Ok(Acquired::Waiting(waiter)) => {
                             this.stage = Stage::Waiting { waiter, since: now };
                             return Poll::Pending;
@@ -288,13 +299,13 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                     });
                     match outcome {
                         Ok(None) => return Poll::Pending,
-                        Ok(Some((lease, conn))) => {
-                            this.stage = Stage::Start;
-                            if let Some(guard) = this.got(lease, conn, now) {
+                        Ok(Some((lease, conn))) => match this.checkout(lease, conn, now) {
+                            Checkout::Lend(guard) => {
                                 this.stage = Stage::Done;
                                 return Poll::Ready(Ok(guard));
                             }
-                        }
+                            Checkout::Next(stage) => this.stage = stage,
+                        },
                         Err(e) => {
                             this.stage = Stage::Done;
                             let e = this.convert(e, now);

@@ -4,16 +4,16 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
+use super::clock_policy::Step;
 use super::runtime::{Manager, Runtime};
 use super::shared::{ConnOf, Shared};
-use super::util::timeout;
 use crate::machine::{Lease, LeaseId, Release};
 
 /// A connection lent by the pool: derefs to the connection and goes back to the pool when
 /// dropped, on every path (normal return, `?`, panic, or the task being cancelled).
 ///
 /// On drop the connection is checked with [`Manager::has_broken`] and, if the manager asks
-/// for it, reset in a spawned task before reuse. If the thread is panicking, or a checkout
+/// for it, reset in a spawned task (see `tasks.rs`) before reuse. If the thread is panicking, or a checkout
 /// check was interrupted, the connection's state is unknown and it is closed instead.
 ///
 /// A guard from [`Pool::get`](super::Pool::get) borrows the pool (`'a`), so lending and
@@ -154,8 +154,7 @@ impl<M: Manager, R: Runtime> Drop for PooledConnection<'_, M, R> {
             match verdict {
                 Some((true, _)) | None => Release::Broken,
                 Some((false, true)) => {
-                    let task = reset(Arc::clone(shared), lease, conn);
-                    shared.runtime.spawn(task);
+                    shared.spawn_reset(lease, conn);
                     return;
                 }
                 Some((false, false)) => Release::Reuse,
@@ -172,51 +171,9 @@ pub(crate) fn release<M: Manager, R: Runtime>(
     mut conn: ConnOf<M>,
     how: Release,
 ) {
-    let now = shared.now_if(shared.clock.on_release);
+    let now = shared.now(Step::GiveBack);
     conn.last_used = now;
     shared.release(lease, conn, how, now);
-}
-
-/// Resets a returned connection in the background, then releases it (closing it if the
-/// reset fails, times out, panics or is dropped).
-async fn reset<M: Manager, R: Runtime>(shared: Arc<Shared<M, R>>, lease: Lease, conn: ConnOf<M>) {
-    struct Pending<M: Manager, R: Runtime> {
-        shared: Arc<Shared<M, R>>,
-        inner: Option<(Lease, ConnOf<M>)>,
-        how: Release,
-    }
-    impl<M: Manager, R: Runtime> Drop for Pending<M, R> {
-        fn drop(&mut self) {
-            if let Some((lease, conn)) = self.inner.take() {
-                release(&self.shared, lease, conn, self.how);
-            }
-        }
-    }
-    let mut pending = Pending {
-        shared,
-        inner: Some((lease, conn)),
-        how: Release::Discard,
-    };
-    let Pending { shared, inner, .. } = &mut pending;
-    let Some((_, conn)) = inner.as_mut() else {
-        return;
-    };
-    let limit = shared.settings.reset_timeout;
-    let resetting = shared
-        .panics
-        .guard_future("Manager::reset", shared.manager.reset(&mut conn.raw));
-    let ok = match timeout(&shared.runtime, limit, resetting).await {
-        Some(Some(result)) => result.map_err(|e| e.to_string()),
-        Some(None) => Err("it panicked".to_owned()),
-        None => Err(format!("timed out after {limit:?}")),
-    };
-    match ok {
-        Ok(()) => pending.how = Release::Reuse,
-        Err(error) => {
-            tracing::warn!(%error, "connection reset failed; closing it");
-            pending.shared.lock().metrics.resets_failed += 1;
-        }
-    }
 }
 
 impl<M: Manager, R: Runtime> fmt::Debug for PooledConnection<'_, M, R>

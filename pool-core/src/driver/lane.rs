@@ -1,5 +1,8 @@
 //! The return lane: connections given back while nobody waits, lent again without the lock.
 //!
+//! (See also `ARCHITECTURE.md`, "The return lane"; the glue to the machine is in
+//! `handover.rs`.)
+//!
 //! On the hot path (a connection goes back and nobody waits for one; the next acquire finds
 //! it) the machine has nothing to decide: no waiter to serve, nothing to retire. The lane
 //! lets that cycle skip the lock. A returned connection is parked in a lock-free queue
@@ -229,14 +232,15 @@ impl<T> Lane<T> {
     }
 
     /// Under the pool's lock: closes the lane. The caller then hands every connection
-    /// [`drain`](Self::drain) yields to the machine.
+    /// [`hand_over`](Self::hand_over) yields to the machine.
     pub(crate) fn close(&self) {
         self.open.store(false, Ordering::SeqCst);
         fence(Ordering::SeqCst);
     }
 
-    /// Under the pool's lock: takes the next parked connection out, for the machine.
-    pub(crate) fn drain(&self) -> Option<T> {
+    /// Under the pool's lock: the hand-over, one connection at a time: takes the next
+    /// parked connection out, for the machine.
+    pub(crate) fn hand_over(&self) -> Option<T> {
         self.parked.pop()
     }
 
@@ -287,7 +291,7 @@ mod tests {
     }
 
     #[test]
-    fn closing_leaves_parked_connections_for_the_machine_to_drain() {
+    fn closing_leaves_parked_connections_for_the_hand_over() {
         let lane = Lane::new(4);
         lane.open();
         assert_eq!(lane.offer(1), None);
@@ -295,8 +299,8 @@ mod tests {
         assert!(!lane.is_open());
         assert_eq!(lane.take(), Taken::Nothing, "a closed lane lends nothing");
         assert_eq!(lane.offer(2), Some(2), "nor parks");
-        assert_eq!(lane.drain(), Some(1));
-        assert_eq!(lane.drain(), None);
+        assert_eq!(lane.hand_over(), Some(1));
+        assert_eq!(lane.hand_over(), None);
     }
 
     /// Threads park and take while another closes the lane and drains it: every item ends
@@ -332,14 +336,14 @@ mod tests {
                     std::thread::yield_now();
                 }
                 lane.close();
-                while let Some(item) = lane.drain() {
+                while let Some(item) = lane.hand_over() {
                     seen.lock().push(item);
                 }
             });
             // After the close, whatever is still parked arrived after the drain and saw
             // the lane closed, so it was handed back instead; the drain here must be empty.
             let mut seen = seen.into_inner();
-            if let Some(item) = lane.drain() {
+            if let Some(item) = lane.hand_over() {
                 panic!("round {round}: {item} stranded in a closed lane");
             }
             seen.sort_unstable();
@@ -393,7 +397,7 @@ mod model {
 
             lane.close();
             let mut machine = Vec::new();
-            while let Some(item) = lane.drain() {
+            while let Some(item) = lane.hand_over() {
                 machine.push(item);
             }
             // The hand-over: the drain's last pop, which found the lane empty.
@@ -421,7 +425,7 @@ mod model {
                 Taken::Nothing => {}
             }
             let mut parked = Vec::new();
-            while let Some(item) = lane.drain() {
+            while let Some(item) = lane.hand_over() {
                 parked.push(item);
             }
             let outcome = Outcome {
@@ -481,7 +485,7 @@ mod model {
                 thread::spawn(move || lane.offer(2))
             };
             lane.close();
-            while lane.drain().is_some() {}
+            while lane.hand_over().is_some() {}
             closed.store(true, loom::sync::atomic::Ordering::Release);
             taker.join().expect("the taker ran");
             let _ = returner.join().expect("the returner ran");

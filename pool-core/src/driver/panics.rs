@@ -1,7 +1,9 @@
 //! The pool's one panic policy: user code (the manager's methods and futures, the leak hook,
 //! a connection's `Drop`) may panic; the pool catches the panic, logs it, counts it
 //! ([`Metrics::panics`](super::Metrics::panics)) and goes on, so no task of the pool ever
-//! dies of it (see `ARCHITECTURE.md`, "Panics").
+//! dies of it (see `ARCHITECTURE.md`, "Panics"). Every task the pool spawns runs under it
+//! as a whole ([`Panics::guard_task`], used by `tasks.rs`, the one place the pool spawns),
+//! and each call of user code inside is guarded where it runs.
 //!
 //! What a caught panic means is decided where the code ran, always the safe reading: a
 //! panicking `has_broken` or check means broken, a panicking reset means the connection is
@@ -12,11 +14,18 @@ use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-/// Counts the panics a pool caught.
-#[derive(Debug, Default)]
-pub(crate) struct Panics(AtomicU64);
+/// Counts the panics a pool caught. Clones share the count (a spawned task keeps one).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Panics(Arc<AtomicU64>);
+
+impl AsRef<Panics> for Panics {
+    fn as_ref(&self) -> &Panics {
+        self
+    }
+}
 
 impl Panics {
     /// Runs `f` (user code); `None` if it panicked, which is logged as `what` and counted.
@@ -38,15 +47,26 @@ impl Panics {
 
     /// `future` (user code, or a task running user code), with every poll guarded: it
     /// resolves to `None` once a poll panicked.
-    pub(crate) fn guard_future<'a, F: Future>(
-        &'a self,
+    pub(crate) fn guard_future<F: Future>(
+        &self,
         what: &'static str,
         future: F,
-    ) -> Guarded<'a, F> {
+    ) -> Guarded<&Self, F> {
         Guarded {
             panics: self,
             what,
             future,
+        }
+    }
+
+    /// A whole task, guarded as [`guard_future`](Self::guard_future) guards a future, with
+    /// its own handle on the count so it can be spawned: a panic anywhere in it is caught, logged as
+    /// `what` and counted, and the task ends.
+    pub(crate) fn guard_task<F: Future>(&self, what: &'static str, task: F) -> Guarded<Self, F> {
+        Guarded {
+            panics: self.clone(),
+            what,
+            future: task,
         }
     }
 
@@ -73,15 +93,15 @@ impl Panics {
 pin_project_lite::pin_project! {
     /// A future whose polls are guarded by [`Panics::guard_future`].
     #[derive(Debug)]
-    pub(crate) struct Guarded<'a, F> {
-        panics: &'a Panics,
+    pub(crate) struct Guarded<P, F> {
+        panics: P,
         what: &'static str,
         #[pin]
         future: F,
     }
 }
 
-impl<F: Future> Future for Guarded<'_, F> {
+impl<P: AsRef<Panics>, F: Future> Future for Guarded<P, F> {
     type Output = Option<F::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -91,7 +111,7 @@ impl<F: Future> Future for Guarded<'_, F> {
             Ok(Poll::Ready(out)) => Poll::Ready(Some(out)),
             Ok(Poll::Pending) => Poll::Pending,
             Err(payload) => {
-                this.panics.caught(this.what, payload.as_ref());
+                this.panics.as_ref().caught(this.what, payload.as_ref());
                 Poll::Ready(None)
             }
         }

@@ -1,0 +1,226 @@
+//! The builder: one setter per setting, every setting validated by `build`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::error::BuildError;
+#[allow(unused_imports)] // for the documentation's links
+use super::error::Error;
+use super::leak::LeakReport;
+use super::pool::Pool;
+use super::runtime::{Manager, Runtime};
+use super::settings::Settings;
+use super::shared::Shared;
+use super::state::State;
+use crate::machine::{Config, ConfigError, Machine};
+
+/// Builds a [`Pool`]; every setting has a default, and [`build`](Builder::build) validates
+/// them all.
+pub struct Builder<M: Manager, R: Runtime> {
+    manager: M,
+    config: Config,
+    settings: Settings,
+    runtime: Option<R>,
+}
+
+impl<M: Manager, R: Runtime> Builder<M, R> {
+    /// A builder with the defaults: `max_size` 10, no `min_idle`, 10 min idle timeout,
+    /// 30 min max lifetime, 30 s acquire timeout, 10 s connect timeout, checkout check
+    /// bypassed for connections used in the last 500 ms and bounded by 5 s, 5 s reset
+    /// timeout, back-off between failed connects from 50 ms up to 200 ms, no leak detection.
+    pub fn new(manager: M) -> Self {
+        Self {
+            manager,
+            config: Config::new(10),
+            settings: Settings {
+                acquire_timeout: Some(Duration::from_secs(30)),
+                connect_timeout: Duration::from_secs(10),
+                check_on_checkout: true,
+                check_bypass: Duration::from_millis(500),
+                check_timeout: Duration::from_secs(5),
+                reset_timeout: Duration::from_secs(5),
+                leak_backtraces: false,
+                on_leak: None,
+            },
+            runtime: None,
+        }
+    }
+
+    /// The most connections open at once (counting those opening and closing).
+    pub fn max_size(mut self, max_size: usize) -> Self {
+        self.config.max_size = max_size;
+        self
+    }
+
+    /// How many idle connections to keep open (prefilled at start).
+    pub fn min_idle(mut self, min_idle: usize) -> Self {
+        self.config.min_idle = min_idle;
+        self
+    }
+
+    /// Close connections idle longer than this (never below `min_idle`); `None` keeps them.
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// Retire connections older than this (each shortened by a random
+    /// [`max_lifetime_jitter`](Self::max_lifetime_jitter)); `None` keeps them forever.
+    pub fn max_lifetime(mut self, lifetime: Option<Duration>) -> Self {
+        self.config.max_lifetime = lifetime;
+        self
+    }
+
+    /// Shorten each connection's lifetime by a random amount up to this, so connections
+    /// opened together do not all expire together (default 30 s; must be less than
+    /// [`max_lifetime`](Self::max_lifetime) when that is set).
+    pub fn max_lifetime_jitter(mut self, jitter: Duration) -> Self {
+        self.config.max_lifetime_jitter = jitter;
+        self
+    }
+
+    /// How long [`Pool::get`] waits, whatever runs meanwhile (a connect, a checkout check);
+    /// `None` waits without limit, until a connection comes, the pool closes, or a connect
+    /// fails with an error that waiting cannot heal ([`Error::ConnectFailed`]). Zero is
+    /// refused by [`build`](Self::build): [`Pool::try_get`] is the acquire that never waits.
+    pub fn acquire_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.settings.acquire_timeout = timeout;
+        self
+    }
+
+    /// How long one connect may take.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.connect_timeout = timeout;
+        self
+    }
+
+    /// How long one reset (before reuse) may take before the connection is closed instead.
+    pub fn reset_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.reset_timeout = timeout;
+        self
+    }
+
+    /// How long one checkout check may take before the connection is closed and the acquire
+    /// tries again (HikariCP's validation timeout); the acquire's own deadline bounds it
+    /// too, whichever comes first.
+    pub fn check_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.check_timeout = timeout;
+        self
+    }
+
+    /// Whether to run [`Manager::check`] on checkout (default `true`), for connections used
+    /// more than [`check_bypass`](Self::check_bypass) ago.
+    pub fn check_on_checkout(mut self, enabled: bool) -> Self {
+        self.settings.check_on_checkout = enabled;
+        self
+    }
+
+    /// Skip the checkout check for connections used less than this long ago (HikariCP and
+    /// the default use 500 ms; zero checks every time).
+    pub fn check_bypass(mut self, bypass: Duration) -> Self {
+        self.settings.check_bypass = bypass;
+        self
+    }
+
+    /// Report leases held longer than `threshold` (a `tracing` warning, the
+    /// [`on_leak`](Self::on_leak) hook and a counter); `None`, the default, reports none.
+    pub fn leak_threshold(mut self, threshold: Option<Duration>) -> Self {
+        self.config.leak_threshold = threshold;
+        self
+    }
+
+    /// With a [`leak_threshold`](Self::leak_threshold), each acquire captures where it was
+    /// made, so a leak report can say (this costs a backtrace capture per acquire). Without
+    /// a threshold it does nothing. Default `false`.
+    pub fn leak_backtraces(mut self, enabled: bool) -> Self {
+        self.settings.leak_backtraces = enabled;
+        self
+    }
+
+    /// Called with every leak report, outside the pool's lock.
+    pub fn on_leak(mut self, hook: impl Fn(&LeakReport) + Send + Sync + 'static) -> Self {
+        self.settings.on_leak = Some(Arc::new(hook));
+        self
+    }
+
+    /// Opt-in stale reclaim: a lease held longer than this stops counting against
+    /// `max_size` (a replacement may open); its connection is closed when it comes back.
+    pub fn reclaim_after(mut self, limit: Option<Duration>) -> Self {
+        self.config.reclaim_after = limit;
+        self
+    }
+
+    /// The back-off after the first failed connect (default 50 ms); it doubles with each
+    /// further failure, up to [`backoff_max`](Self::backoff_max), with jitter.
+    pub fn backoff_base(mut self, base: Duration) -> Self {
+        self.config.backoff_base = base;
+        self
+    }
+
+    /// The longest back-off between failed connects (default 200 ms): the pool serves again
+    /// at most this long after the server accepts connections again.
+    pub fn backoff_max(mut self, max: Duration) -> Self {
+        self.config.backoff_max = max;
+        self
+    }
+
+    /// The seed of the pool's jitter (lifetimes, back-off), for reproducible runs.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.config.seed = seed;
+        self
+    }
+
+    /// Runs the pool on `runtime` instead of [`Runtime::current`].
+    pub fn runtime(mut self, runtime: R) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// Builds the pool, starts its maintenance task and its `min_idle` connects.
+    ///
+    /// # Errors
+    /// [`BuildError::Config`] naming the invalid setting; [`BuildError::NoRuntime`] if no
+    /// runtime was given and none is current, or the runtime cannot run a pool (see
+    /// [`Runtime::validate`]).
+    pub fn build(self) -> Result<Pool<M, R>, BuildError> {
+        if self.settings.connect_timeout.is_zero() {
+            return Err(ConfigError::new("connect_timeout", "must not be zero".into()).into());
+        }
+        if self.settings.reset_timeout.is_zero() {
+            return Err(ConfigError::new("reset_timeout", "must not be zero".into()).into());
+        }
+        if self.settings.check_timeout.is_zero() {
+            return Err(ConfigError::new("check_timeout", "must not be zero".into()).into());
+        }
+        if self.settings.acquire_timeout == Some(Duration::ZERO) {
+            return Err(ConfigError::new(
+                "acquire_timeout",
+                "must not be zero: every acquire would fail at once and no connection would ever open (use try_get for an acquire that never waits, or None to wait without limit)".into(),
+            )
+            .into());
+        }
+        let mut settings = self.settings;
+        // Backtraces serve leak reports only: without a threshold there are none to serve.
+        settings.leak_backtraces &= self.config.leak_threshold.is_some();
+        let machine = Machine::new(self.config)?;
+        let runtime = match self.runtime {
+            Some(runtime) => runtime,
+            None => R::current().map_err(BuildError::NoRuntime)?,
+        };
+        runtime.validate().map_err(BuildError::NoRuntime)?;
+        let shared = Shared::new(self.manager, runtime, settings, State::new(machine));
+        shared.spawn_maintenance();
+        // Start the min_idle connects the machine asked for at construction.
+        shared.transition(|_| ());
+        Ok(Pool { shared })
+    }
+}
+
+impl<M: Manager, R: Runtime> fmt::Debug for Builder<M, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
