@@ -6,6 +6,9 @@
 //! `poll_action`, the way `quinn-proto` drives a QUIC connection. That makes every pool
 //! transition synchronous and complete, and lets the whole pool be tested on virtual time
 //! ([`sim`]).
+//!
+//! `ARCHITECTURE.md`, at the repository's root, describes the layers, the invariants and
+//! where each is tested, the locking rules, the return lane and what runs in which task.
 #![warn(missing_docs)]
 
 pub use driver::{

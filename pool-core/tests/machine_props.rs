@@ -15,7 +15,7 @@
 //! step's outcome (which waiter is woken and why, whether an acquire is ready, waiting,
 //! timed out or closed, the reason of every close, leak and reclaim reports) and checks the
 //! machine's status counts against its own. After every step it checks the eight invariants
-//! of `DESIGN.md` (see [`Harness::check_invariants`]) and that `poll_timeout()` is never later
+//! of `ARCHITECTURE.md`, "Invariants" (see [`Harness::check_invariants`]) and that `poll_timeout()` is never later
 //! than a deadline the model knows about. Every case then ends with a well-behaved driver
 //! closing the pool and draining it, which must emit `Drained` exactly once.
 //!
@@ -1425,7 +1425,8 @@ impl Harness {
         self.check_invariants(ctx)
     }
 
-    /// The eight invariants of DESIGN.md, the model's counts, and `poll_timeout()`.
+    /// The eight invariants (`ARCHITECTURE.md`, "Invariants"), the model's counts, and
+    /// `poll_timeout()`.
     fn check_invariants(&self, ctx: &Ctx) -> Result<(), String> {
         let s = self.m.status();
         let now = self.now;
