@@ -5,8 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::BuildError;
-#[allow(unused_imports)] // for the documentation's links
-use super::error::Error;
 use super::leak::LeakReport;
 use super::pool::Pool;
 use super::runtime::{Manager, Runtime};
@@ -82,8 +80,9 @@ impl<M: Manager, R: Runtime> Builder<M, R> {
 
     /// How long [`Pool::get`] waits, whatever runs meanwhile (a connect, a checkout check);
     /// `None` waits without limit, until a connection comes, the pool closes, or a connect
-    /// fails with an error that waiting cannot heal ([`Error::ConnectFailed`]). Zero is
-    /// refused by [`build`](Self::build): [`Pool::try_get`] is the acquire that never waits.
+    /// fails with an error that waiting cannot heal
+    /// ([`Error::ConnectFailed`](super::Error::ConnectFailed)). Zero is refused by
+    /// [`build`](Self::build): [`Pool::try_get`] is the acquire that never waits.
     pub fn acquire_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.settings.acquire_timeout = timeout;
         self

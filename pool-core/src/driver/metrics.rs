@@ -4,9 +4,6 @@ use std::time::Duration;
 
 use crate::machine::CloseReason;
 
-#[allow(unused_imports)] // for the documentation's links
-use super::Error;
-
 /// Cumulative counters of a pool.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -32,7 +29,7 @@ pub struct Metrics {
     /// Leases reported as suspected leaks.
     pub leaks_suspected: u64,
     /// Acquires failed at once by a connect error that waiting cannot heal
-    /// ([`Error::ConnectFailed`]).
+    /// ([`Error::ConnectFailed`](super::Error::ConnectFailed)).
     pub failed_fast: u64,
     /// Panics caught in user code (manager methods, hooks, a connection's `Drop`); the pool
     /// logs each one and goes on.
