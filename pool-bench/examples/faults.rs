@@ -848,11 +848,22 @@ fn ratio(x: Option<f64>, ours: Option<f64>, floor: f64) -> String {
     }
 }
 
-fn fault_table(out: &mut String, fault: Fault, size: usize, results: &[(Kind, Vec<RunResult>)]) {
+fn fault_table(
+    out: &mut String,
+    fault: Fault,
+    size: usize,
+    direct: bool,
+    results: &[(Kind, Vec<RunResult>)],
+) {
     let _ = writeln!(
         out,
-        "\n### {}, max size {size}, {TASKS} tasks\n",
-        fault.name()
+        "\n### {}, max size {size}, {TASKS} tasks, {}\n",
+        fault.name(),
+        if direct {
+            "direct"
+        } else {
+            "through the proxy"
+        }
     );
     let _ = writeln!(
         out,
@@ -960,10 +971,11 @@ fn fail_fast_table(out: &mut String, results: &[(Kind, BadConfig, Vec<FailFastRe
 #[derive(Debug)]
 struct Args {
     reps: usize,
-    /// The pools connect straight to the server: no connect counts, but a down server
-    /// refuses their connects itself (through a proxy they see a connection accepted and
-    /// closed, which not every pool treats as a refused one).
-    direct: bool,
+    /// The fault scenarios' modes: through the counting proxy (`false`), and straight to the
+    /// server (`true`): no connect counts, but a down server refuses the pools' connects
+    /// itself (through the proxy they see a connection accepted and closed, which not every
+    /// pool treats as a refused one: sqlx retries only a refused connect).
+    modes: Vec<bool>,
     fail_fast: bool,
     sizes: Vec<usize>,
 }
@@ -971,7 +983,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         reps: 3,
-        direct: false,
+        modes: vec![false, true],
         fail_fast: true,
         sizes: vec![8, 32],
     };
@@ -993,11 +1005,12 @@ fn parse_args() -> Result<Args, String> {
                     .map(|s| s.parse().map_err(|_| format!("bad size {s:?}")))
                     .collect::<Result<_, _>>()?;
             }
-            "--direct" => args.direct = true,
+            "--proxy-only" => args.modes = vec![false],
+            "--direct-only" => args.modes = vec![true],
             "--no-fail-fast" => args.fail_fast = false,
             "-h" | "--help" => {
                 return Err(
-                    "usage: faults [--reps N (3)] [--sizes 8,32] [--direct (no proxy)] [--no-fail-fast]"
+                    "usage: faults [--reps N (3)] [--sizes 8,32] [--proxy-only | --direct-only] [--no-fail-fast]"
                         .to_owned(),
                 );
             }
@@ -1014,15 +1027,17 @@ async fn run(ctl: Arc<PgCtl>, args: Args) -> Result<String, String> {
     let _ = writeln!(out, "## Fault benchmark\n");
     let _ = writeln!(
         out,
-        "Private PostgreSQL ({}) on 127.0.0.1:{PORT}; each pool through its own counting proxy; \
-         {TASKS} tasks per pool, each looping get + `select 1` + release + {} ms pause; acquire \
+        "Private PostgreSQL ({}) on 127.0.0.1:{PORT}; {TASKS} tasks per pool, each looping get + `select 1` + release + {} ms pause; acquire \
          timeout {} s; {} repetition(s), pools one after the other, order rotated each \
          repetition; medians with [min..max]. Recovery = the pool's first successful query after \
          the probe's last failed connect, minus the probe's first successful connect after it \
          (probe every {} ms; negative: the pool got through before the probe). Connects while \
          down: connections the pool opened from the fault until the probe got through. Errors: \
          from the fault until {} s after the pool's recovery. Ratios: the pool's median over this \
-         pool's median, both floored at 1 (ms or connects).\n",
+         pool's median, both floored at 1 (ms or connects). \
+         **Through the proxy**: each pool connects through its own counting proxy, which \
+         closes the client at once when the server refuses. **Direct**: straight to the \
+         server, which refuses connects itself while down; connects not counted.\n",
         ctl.bin.display(),
         PAUSE.as_millis(),
         ACQUIRE_TIMEOUT.as_secs(),
@@ -1030,18 +1045,15 @@ async fn run(ctl: Arc<PgCtl>, args: Args) -> Result<String, String> {
         PROBE_EVERY.as_millis(),
         TAIL.as_secs(),
     );
-    if args.direct {
-        let _ = writeln!(
-            out,
-            "**Direct mode**: the pools connect straight to the server, without the counting \
-             proxy, so a down server refuses their connects itself; connects are not counted.\n"
-        );
-    }
     let _ = writeln!(out, "Settings:\n");
     for kind in Kind::ALL {
         let _ = writeln!(out, "- {}: {}", kind.name(), kind.settings());
     }
-    for &size in &args.sizes {
+    for (&size, &direct) in args
+        .sizes
+        .iter()
+        .flat_map(|s| args.modes.iter().map(move |m| (s, m)))
+    {
         for fault in [Fault::Restart, Fault::Stop3s] {
             let mut results: Vec<(Kind, Vec<RunResult>)> =
                 Kind::ALL.iter().map(|k| (*k, Vec::new())).collect();
@@ -1049,11 +1061,12 @@ async fn run(ctl: Arc<PgCtl>, args: Args) -> Result<String, String> {
                 for i in 0..Kind::ALL.len() {
                     let idx = (i + rep) % Kind::ALL.len();
                     let kind = Kind::ALL[idx];
-                    let r = fault_run(&ctl, kind, size, fault, args.direct).await;
+                    let r = fault_run(&ctl, kind, size, fault, direct).await;
                     eprintln!(
-                        "[{:>5.0} s] {:?} size {size} rep {} {:<24} down {:>6} ms, recovery {:>8} ms, connects down {:>5} (run {:>5}), acquire errors {:>5}, query errors {:>4}",
+                        "[{:>5.0} s] {:?} size {size} {} rep {} {:<24} down {:>6} ms, recovery {:>8} ms, connects down {:>5} (run {:>5}), acquire errors {:>5}, query errors {:>4}",
                         started.elapsed().as_secs_f64(),
                         fault,
+                        if direct { "direct" } else { "proxy" },
                         rep + 1,
                         kind.name(),
                         r.outage_ms.map_or("n/a".into(), |x| format!("{x:.0}")),
@@ -1066,7 +1079,7 @@ async fn run(ctl: Arc<PgCtl>, args: Args) -> Result<String, String> {
                     results[idx].1.push(r);
                 }
             }
-            fault_table(&mut out, fault, size, &results);
+            fault_table(&mut out, fault, size, direct, &results);
         }
     }
     if !args.fail_fast {
