@@ -36,6 +36,9 @@
 //! 3. **fail fast**: `dbname=nosuchdb` and `user=nosuchrole`, acquire timeout 5 s: the time
 //!    from one `get()` to its error, the connections opened meanwhile, the error text.
 //!
+//! With `FAULTS_TRACE=1` it also prints, per run, when each connection through the proxy
+//! was opened (ms after the fault).
+//!
 //! It prints progress on stderr and the markdown tables (medians over the repetitions, the
 //! range in brackets, ratios to this pool) on stdout.
 
@@ -304,6 +307,16 @@ impl Proxy {
 
     fn accepted(&self) -> usize {
         lock(&self.accepted).len()
+    }
+
+    /// When each connection after `from` was opened, in ms since `from`.
+    fn trace(&self, from: Instant) -> String {
+        lock(&self.accepted)
+            .iter()
+            .filter(|t| **t >= from)
+            .map(|t| format!("{:.0}", ms(*t - from)))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -662,7 +675,16 @@ async fn fault_run(
     tokio::time::sleep(WARM_UP).await;
 
     let t_fault = Instant::now();
-    let probe_task = tokio::spawn(probe(t_fault + Duration::from_secs(60)));
+    // The probe runs on a runtime of its own, so a pool that keeps the benchmark's runtime
+    // busy (a connect storm) cannot delay it.
+    let give_up = t_fault + Duration::from_secs(60);
+    let probe_thread = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the probe")
+            .block_on(probe(give_up))
+    });
     let ctl2 = Arc::clone(ctl);
     let fault_done = match fault {
         Fault::Restart => tokio::task::spawn_blocking(move || ctl2.restart()).await,
@@ -684,7 +706,10 @@ async fn fault_run(
         Ok(Err(e)) => panic!("the fault failed: {e}"),
         Err(e) => panic!("the fault's thread failed: {e}"),
     }
-    let probe_log = probe_task.await.expect("the probe does not panic");
+    let probe_log = tokio::task::spawn_blocking(move || probe_thread.join())
+        .await
+        .expect("joining the probe's thread does not panic")
+        .expect("the probe does not panic");
     let outage = probe_log.outage();
     let back = outage.map(|(_, _, back)| back);
 
@@ -708,6 +733,17 @@ async fn fault_run(
         task.abort();
     }
 
+    if let (Some(proxy), true) = (&proxy, std::env::var_os("FAULTS_TRACE").is_some()) {
+        let at =
+            |t: Option<Instant>| t.map_or("n/a".to_owned(), |t| format!("{:.0}", ms(t - t_fault)));
+        eprintln!(
+            "  {} connects (ms after the fault; probe: first failure {}, back {}): {}",
+            kind.name(),
+            at(outage.map(|o| o.0)),
+            at(back),
+            proxy.trace(t_fault)
+        );
+    }
     let mut result = RunResult {
         outage_ms: outage.map(|(first, last, _)| ms(last - first)),
         recovery_ms: None,
@@ -783,7 +819,7 @@ impl BadConfig {
 struct FailFastResult {
     elapsed_ms: f64,
     connects: usize,
-    /// The error's first 100 characters, or what happened instead.
+    /// The error with its sources, or what happened instead.
     error: String,
 }
 
@@ -796,8 +832,8 @@ async fn fail_fast_run(kind: Kind, bad: BadConfig) -> FailFastResult {
     let elapsed_ms = ms(t0.elapsed());
     let error = match outcome {
         Ok(Ok(())) => "no error: the query succeeded".to_owned(),
-        Ok(Err(Failure::Acquire(e))) => e.chars().take(100).collect(),
-        Ok(Err(Failure::Query(e))) => format!("(query) {}", e.chars().take(92).collect::<String>()),
+        Ok(Err(Failure::Acquire(e))) => e,
+        Ok(Err(Failure::Query(e))) => format!("(query) {e}"),
         Err(_) => format!("no answer within {} s", (FAIL_FAST_TIMEOUT * 3).as_secs()),
     };
     let connects = proxy.accepted();
@@ -950,7 +986,7 @@ fn fail_fast_table(out: &mut String, results: &[(Kind, BadConfig, Vec<FailFastRe
         let connects: Vec<f64> = runs.iter().map(|r| r.connects as f64).collect();
         let error = runs
             .first()
-            .map_or("", |r| r.error.as_str())
+            .map_or(String::new(), |r| r.error.chars().take(100).collect())
             .replace('|', "\\|");
         let _ = writeln!(
             out,
@@ -1008,9 +1044,10 @@ fn parse_args() -> Result<Args, String> {
             "--proxy-only" => args.modes = vec![false],
             "--direct-only" => args.modes = vec![true],
             "--no-fail-fast" => args.fail_fast = false,
+            "--fail-fast-only" => args.sizes.clear(),
             "-h" | "--help" => {
                 return Err(
-                    "usage: faults [--reps N (3)] [--sizes 8,32] [--proxy-only | --direct-only] [--no-fail-fast]"
+                    "usage: faults [--reps N (3)] [--sizes 8,32] [--proxy-only | --direct-only] [--no-fail-fast | --fail-fast-only]"
                         .to_owned(),
                 );
             }
@@ -1113,6 +1150,12 @@ async fn run(ctl: Arc<PgCtl>, args: Args) -> Result<String, String> {
         }
     }
     fail_fast_table(&mut out, &ff);
+    let _ = writeln!(out, "\nThe errors in full (first repetition):\n");
+    for (kind, bad, runs) in &ff {
+        if let Some(r) = runs.first() {
+            let _ = writeln!(out, "- {}, {}: `{}`", kind.name(), bad.name(), r.error);
+        }
+    }
     let _ = writeln!(
         out,
         "\nTotal time: {:.0} s.",
