@@ -804,12 +804,18 @@ impl Harness {
                 );
                 let fates = self.dispatch_fates(c, live(&ctx.before));
                 ctx.inflight = Some((c, fates));
-                self.streak = 0;
-                self.last_error = None;
-                self.fatal = false;
-                self.backoff_floor = None;
-                self.backoff_ceil = None;
-                self.backoff_over = false;
+                let position = self.all_slots.iter().position(|s| *s == slot);
+                if position.is_some_and(|p| p >= self.outage_mark) {
+                    self.streak = 0;
+                    self.last_error = None;
+                    self.fatal = false;
+                    self.backoff_floor = None;
+                    self.backoff_ceil = None;
+                    self.backoff_over = false;
+                } else {
+                    // In flight when the last failure was counted: the outage goes on.
+                    self.hit("success of a connect in flight with the last failure");
+                }
             }
             Op::ConnectFail { sel, fatal } => {
                 if self.pending_opens.is_empty() {
@@ -1918,6 +1924,7 @@ fn generator_reaches_every_event() {
         "take failed by a fatal connect error",
         "acquire fails fast",
         "failure of a connect in flight with the last",
+        "success of a connect in flight with the last failure",
     ];
     let missing: Vec<_> = expected
         .iter()

@@ -1455,3 +1455,43 @@ fn a_transient_error_after_a_fatal_one_lets_waiters_wait_again() {
     sim.advance(secs(1));
     assert!(holding(&sim, 1));
 }
+
+/// A connect that was in flight when the server went away may still succeed (the server
+/// accepted it just before): that does not end the outage. Connects stay one at a time until
+/// one started after the failure succeeds; then the rest open at once.
+#[test]
+fn a_success_in_flight_with_the_first_failure_does_not_end_the_outage() {
+    let mut config = Config::new(8);
+    config.backoff_base = ms(100);
+    let mut sim = Sim::new(config);
+    sim.set_connect_latency(ms(10));
+    sim.fail_next_connects(1);
+    for task in 0..3 {
+        sim.acquire(task, None);
+    }
+    assert_eq!(sim.opens(), 3, "three connects in flight together");
+    sim.advance(ms(10)); // the first fails, the other two succeed
+    assert!(
+        holding(&sim, 0) && holding(&sim, 1) && waiting(&sim, 2),
+        "FIFO"
+    );
+    for task in 3..8 {
+        sim.acquire(task, None);
+    }
+    assert_eq!(sim.opens(), 3, "no burst while the back-off runs");
+    sim.advance(ms(200));
+    // One probe after the back-off; once it succeeds (10 ms later), the other five at once.
+    let opened = sim.opened_at();
+    assert_eq!(opened.len(), 9, "{:?}", sim.log());
+    let probe = opened[3];
+    assert!(
+        probe >= ms(10 + 50),
+        "the probe waited for the back-off: {probe:?}"
+    );
+    assert!(
+        opened[4..].iter().all(|t| *t == probe + ms(10)),
+        "one probe, then the rest together: {:?}",
+        sim.log()
+    );
+    assert!((0..8).all(|t| holding(&sim, t)));
+}

@@ -1264,7 +1264,7 @@ pub async fn credentials_never_appear_in_debug_or_errors<R: PgRuntime>() {
         .get_timeout(Duration::from_millis(500))
         .await
         .expect_err("no role");
-    // A fatal error: the pool's own text, the manager's in its source chain.
+    // A fatal error: the pool's text names the manager's.
     let message = chain(&err).join(" <- ");
     assert!(message.contains("pooltest_no_such_role"), "{message}");
     texts.push(format!("{message} {err:?}"));
@@ -2064,10 +2064,19 @@ pub async fn connect_errors_read_well_and_classify<R: PgRuntime>() {
         "{err:?}"
     );
     assert!(waited < Duration::from_secs(2), "{waited:?}");
-    // pool-core's `ConnectError` prints the manager's error and also returns it as its
-    // source, so a chain printer shows it twice; the manager's own error is one whole text
-    // with no source, at the end of the chain.
-    assert_eq!(texts.last(), Some(&message), "{texts:?}");
+    // One text, which names the cause first, once; the manager's error stays reachable.
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    assert!(
+        texts[0].starts_with(&format!(
+            "cannot open a connection, and waiting will not help: {message}"
+        )),
+        "{texts:?}"
+    );
+    let cause = err.connect_error().and_then(|e| e.manager_error());
+    assert_eq!(
+        cause.and_then(PgError::code),
+        Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+    );
     assert!(
         texts.iter().all(|t| t.matches("28000").count() <= 1),
         "no text repeats the server's message: {texts:?}"

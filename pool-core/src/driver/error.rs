@@ -89,25 +89,19 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
             Self::TimedOut(t) => t.fmt(f),
             Self::Closed => f.write_str("the pool is closed"),
             Self::Exhausted(s) => write!(f, "no idle connection ({s})"),
-            Self::ConnectFailed(_, s) => write!(
+            Self::ConnectFailed(e, s) => write!(
                 f,
-                "cannot open a connection, and waiting will not help ({s})"
+                "cannot open a connection, and waiting will not help: {e} ({s})"
             ),
         }
     }
 }
 
-/// A time-out prints its last connect error as part of what the pool looked like (it is
-/// context, not the cause: the field keeps it); a failed connect is the cause of
-/// `ConnectFailed`, returned as the source and not printed.
-impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::ConnectFailed(e, _) => Some(&**e),
-            _ => None,
-        }
-    }
-}
+/// Each error prints what it carries, its connect error included (first, for
+/// `ConnectFailed`, so a log line cut short still names the cause), and so returns no
+/// source: a printed chain says each cause once. [`Error::connect_error`] gives the connect
+/// error itself (a PostgreSQL SQLSTATE, say).
+impl<E: std::error::Error + 'static> std::error::Error for Error<E> {}
 
 impl<E> Error<E> {
     /// The connect error this error carries: the cause of [`Error::ConnectFailed`], or the

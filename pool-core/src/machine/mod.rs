@@ -436,6 +436,10 @@ impl<C, E> Machine<C, E> {
     // ----- inputs: the driver --------------------------------------------------------------
 
     /// The connect for `slot` succeeded. The connection goes to the oldest waiter, or to idle.
+    /// If the connect started after the last failure was counted, the outage is over: the
+    /// back-off ends and connects are no longer made one at a time; a connect that was
+    /// already in flight then does not end it (see
+    /// [`handle_connect_failed`](Self::handle_connect_failed)).
     ///
     /// # Errors
     /// [`Rejected`], carrying the connection back, if `slot` is not opening (a stale or
@@ -446,19 +450,21 @@ impl<C, E> Machine<C, E> {
         conn: C,
         now: Instant,
     ) -> Result<(), Rejected<C>> {
-        if !matches!(
-            self.slot(slot),
-            Some(Slot {
-                state: SlotState::Opening,
-                ..
-            })
-        ) {
+        let Some(serial) = self.slot(slot).and_then(|s| match s.state {
+            SlotState::Opening => Some(s.serial),
+            _ => None,
+        }) else {
             return Err(Rejected { conn: Some(conn) });
+        };
+        // Only a connect started after the last counted failure shows the server answers
+        // now; one that was in flight when the outage began (the server accepted it just
+        // before going away) leaves the back-off and the one-at-a-time probing as they are.
+        if serial >= self.outage_mark {
+            self.failures = 0;
+            self.backoff_until = None;
+            self.last_connect_error = None;
+            self.fatal = false;
         }
-        self.failures = 0;
-        self.backoff_until = None;
-        self.last_connect_error = None;
-        self.fatal = false;
         let expires = self.config.max_lifetime.and_then(|lifetime| {
             let jitter = self.rng.below(self.config.max_lifetime_jitter);
             now.checked_add(lifetime - jitter)
