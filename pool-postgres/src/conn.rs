@@ -5,9 +5,14 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use tokio_postgres::{Client, Notification};
+use futures_util::future::join;
+use futures_util::lock::Mutex as AsyncMutex;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Error, Notification, Row};
 
 use crate::protocol::{TransactionStatus, Verdict};
+use crate::statements::sealed::QueryRef;
+use crate::statements::{Statements, ToQuery, TypeCache};
 use crate::wire::{Link, Wire};
 
 /// Where a connection goes (also where its cancel requests go).
@@ -42,6 +47,12 @@ impl fmt::Display for Target {
 /// Notifications for channels the borrower `LISTEN`s to arrive with
 /// [`notification`](Self::notification); the checkin runs `UNLISTEN *` before the next
 /// borrower gets the connection (see [`PgManager`](crate::PgManager)).
+///
+/// [`query`](Self::query), [`query_one`](Self::query_one), [`query_opt`](Self::query_opt)
+/// and [`execute`](Self::execute) take the place of the `Client`'s methods of those names:
+/// they run as the manager's [`Statements`] mode says (the `Client`'s own behaviour by
+/// default; through the unnamed statement with [`Statements::Unnamed`], for PgBouncer in
+/// transaction mode).
 pub struct PgConnection {
     pub(crate) client: Client,
     pub(crate) link: Arc<Link>,
@@ -51,6 +62,11 @@ pub struct PgConnection {
     pub(crate) clean_mark: u64,
     /// The wire's `listens` count when the session was last known to listen to nothing.
     pub(crate) listen_mark: u64,
+    /// The parameter types per SQL text under [`Statements::Unnamed`] (shared by the
+    /// manager's connections); `None` under [`Statements::Named`].
+    pub(crate) unnamed: Option<Arc<TypeCache>>,
+    /// One describe at a time: two describes pipelined would nest their `BEGIN`s.
+    pub(crate) describing: AsyncMutex<()>,
 }
 
 impl PgConnection {
@@ -87,6 +103,166 @@ impl PgConnection {
     /// The next notification, if one has arrived.
     pub fn try_notification(&self) -> Option<Notification> {
         self.wire().try_notification()
+    }
+
+    /// The statement mode this connection runs `query(&str, ..)` in.
+    pub fn statements(&self) -> Statements {
+        match self.unnamed {
+            Some(_) => Statements::Unnamed,
+            None => Statements::Named,
+        }
+    }
+
+    /// Runs a statement and returns its rows, as [`Client::query`] does; under
+    /// [`Statements::Unnamed`], SQL text runs through the unnamed statement (see there).
+    ///
+    /// # Errors
+    /// As [`Client::query`].
+    pub async fn query<T: ?Sized + ToQuery>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
+        match (statement.query_ref(), &self.unnamed) {
+            (QueryRef::Sql(sql), Some(cache)) => {
+                let typed = self.typed(cache, sql, params).await?;
+                self.client.query_typed(sql, &typed).await
+            }
+            (QueryRef::Sql(sql), None) => self.client.query(sql, params).await,
+            (QueryRef::Statement(s), _) => self.client.query(s, params).await,
+        }
+    }
+
+    /// Runs a statement that returns exactly one row, as [`Client::query_one`] does; under
+    /// [`Statements::Unnamed`], SQL text runs through the unnamed statement.
+    ///
+    /// # Errors
+    /// As [`Client::query_one`] (also when the statement returns no row or several).
+    pub async fn query_one<T: ?Sized + ToQuery>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, Error> {
+        match (statement.query_ref(), &self.unnamed) {
+            (QueryRef::Sql(sql), Some(cache)) => {
+                let typed = self.typed(cache, sql, params).await?;
+                self.client.query_typed_one(sql, &typed).await
+            }
+            (QueryRef::Sql(sql), None) => self.client.query_one(sql, params).await,
+            (QueryRef::Statement(s), _) => self.client.query_one(s, params).await,
+        }
+    }
+
+    /// Runs a statement that returns at most one row, as [`Client::query_opt`] does; under
+    /// [`Statements::Unnamed`], SQL text runs through the unnamed statement.
+    ///
+    /// # Errors
+    /// As [`Client::query_opt`] (also when the statement returns several rows).
+    pub async fn query_opt<T: ?Sized + ToQuery>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, Error> {
+        match (statement.query_ref(), &self.unnamed) {
+            (QueryRef::Sql(sql), Some(cache)) => {
+                let typed = self.typed(cache, sql, params).await?;
+                self.client.query_typed_opt(sql, &typed).await
+            }
+            (QueryRef::Sql(sql), None) => self.client.query_opt(sql, params).await,
+            (QueryRef::Statement(s), _) => self.client.query_opt(s, params).await,
+        }
+    }
+
+    /// Runs a statement and returns how many rows it changed, as [`Client::execute`] does;
+    /// under [`Statements::Unnamed`], SQL text runs through the unnamed statement.
+    ///
+    /// # Errors
+    /// As [`Client::execute`].
+    pub async fn execute<T: ?Sized + ToQuery>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, Error> {
+        match (statement.query_ref(), &self.unnamed) {
+            (QueryRef::Sql(sql), Some(cache)) => {
+                let typed = self.typed(cache, sql, params).await?;
+                self.client.execute_typed(sql, &typed).await
+            }
+            (QueryRef::Sql(sql), None) => self.client.execute(sql, params).await,
+            (QueryRef::Statement(s), _) => self.client.execute(s, params).await,
+        }
+    }
+
+    /// The parameters with their types, for the unnamed statement.
+    async fn typed<'p>(
+        &self,
+        cache: &TypeCache,
+        sql: &str,
+        params: &[&'p (dyn ToSql + Sync)],
+    ) -> Result<Vec<(&'p (dyn ToSql + Sync), Type)>, Error> {
+        if params.is_empty() {
+            // Nothing to type; a `$1` in the text fails at the server's `Bind`.
+            return Ok(Vec::new());
+        }
+        let types = match cache.get(sql) {
+            Some(types) if types.len() == params.len() => types,
+            _ => self.describe(cache, sql, params).await?,
+        };
+        Ok(params.iter().copied().zip(types.iter().cloned()).collect())
+    }
+
+    /// Asks the server for the parameter types of `sql` and keeps them in `cache`, with a
+    /// named statement prepared and closed inside one transaction (the borrower's, if one is
+    /// open; else one of its own), so that a pooler in transaction mode runs all of it on one
+    /// server connection. If `params` do not match the types in number, fails with the error
+    /// tokio-postgres gives for that (before anything runs).
+    async fn describe(
+        &self,
+        cache: &TypeCache,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Arc<[Type]>, Error> {
+        let _one_at_a_time = self.describing.lock().await;
+        if let Some(types) = cache.get(sql).filter(|t| t.len() == params.len()) {
+            return Ok(types);
+        }
+        // The transaction status is known once nothing is in flight (the borrower's own
+        // pipelined requests, if any, finish first). A closed connection fails below.
+        self.wire().wait_for(Wire::calm).await;
+        let own_transaction = self.wire().verdict().status == TransactionStatus::Idle;
+        let prepared = if own_transaction {
+            let (begin, prepared) =
+                join(self.client.batch_execute("BEGIN"), self.client.prepare(sql)).await;
+            begin?;
+            prepared
+        } else {
+            self.client.prepare(sql).await
+        };
+        let described = match prepared {
+            Ok(statement) => {
+                let types: Arc<[Type]> = statement.params().into();
+                let mismatch = if types.len() == params.len() {
+                    None
+                } else {
+                    // tokio-postgres's own error for a wrong parameter count; nothing runs.
+                    self.client.query(&statement, params).await.err()
+                };
+                // Dropping the statement queues its `Close`, before the `COMMIT`.
+                drop(statement);
+                match mismatch {
+                    Some(e) => Err(e),
+                    None => Ok(types),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if own_transaction {
+            // After a failed prepare this ends the failed transaction (a rollback).
+            self.client.batch_execute("COMMIT").await?;
+        }
+        let types = described?;
+        cache.insert(sql, Arc::clone(&types));
+        Ok(types)
     }
 
     pub(crate) fn wire(&self) -> &Arc<Wire> {

@@ -122,6 +122,8 @@ impl Connector {
             target: Arc::clone(target),
             clean_mark: 0,
             listen_mark: 0,
+            unnamed: None,
+            describing: Default::default(),
         };
         self.check_session(&conn, target).await?;
         // The check is not a borrower's use.

@@ -74,6 +74,7 @@ mod error;
 mod manager;
 pub mod protocol;
 mod runtime;
+mod statements;
 mod tls;
 mod wire;
 
@@ -82,6 +83,7 @@ pub use error::{PgError, TlsFailure};
 pub use manager::{Cancel, Check, PgManager, PgStats, Reset, CLEAN_SQL};
 pub use protocol::TransactionStatus;
 pub use runtime::{Keepalive, PgRuntime, Stream, TcpOptions};
+pub use statements::{Statements, ToQuery};
 pub use tls::SslMode;
 pub use tokio_postgres;
 

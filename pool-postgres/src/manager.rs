@@ -18,6 +18,7 @@ use crate::connect::{extract_tls, Connector};
 use crate::error::PgError;
 use crate::protocol::{BackendKey, TransactionStatus};
 use crate::runtime::{PgRuntime, Stream, TcpOptions};
+use crate::statements::{Statements, TypeCache};
 use crate::tls::{SslMode, Tls, TlsSettings};
 use crate::wire::Wire;
 
@@ -224,6 +225,8 @@ pub struct PgManager<R> {
     cancel_timeout: Duration,
     runtime: Option<R>,
     counters: Counters,
+    /// Under [`Statements::Unnamed`], the parameter types its connections found.
+    unnamed: Option<Arc<TypeCache>>,
 }
 
 impl<R: PgRuntime> PgManager<R> {
@@ -244,6 +247,7 @@ impl<R: PgRuntime> PgManager<R> {
             cancel_timeout: Duration::from_secs(2),
             runtime: None,
             counters: Counters::default(),
+            unnamed: None,
         }
     }
 
@@ -287,6 +291,32 @@ impl<R: PgRuntime> PgManager<R> {
             ..self.connector.tls.settings.clone()
         };
         self.connector.tls = Tls::new(settings);
+        self
+    }
+
+    /// Sets how the pooled connection runs SQL text with parameters: [`Statements::Named`]
+    /// (tokio-postgres's own way, the default) or [`Statements::Unnamed`], which **PgBouncer
+    /// in transaction mode** (or any pooler that may switch server connections between
+    /// transactions) needs.
+    ///
+    /// ```no_run
+    /// use pool_postgres::{PgManager, Statements, TokioPool};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let manager = PgManager::from_url("postgres://app@pgbouncer.example:6432/app")?
+    ///     .statements(Statements::Unnamed);
+    /// let pool: TokioPool = pool_tokio::Pool::builder(manager).max_size(8).build()?;
+    /// let conn = pool.get().await?;
+    /// let row = conn.query_one("select $1::int + 1", &[&41_i32]).await?;
+    /// assert_eq!(row.get::<_, i32>(0), 42);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn statements(mut self, statements: Statements) -> Self {
+        self.unnamed = match statements {
+            Statements::Named => None,
+            Statements::Unnamed => Some(Arc::default()),
+        };
         self
     }
 
@@ -456,7 +486,8 @@ impl<R: PgRuntime> Manager for PgManager<R> {
     type Error = PgError;
 
     async fn connect(&self) -> Result<PgConnection, PgError> {
-        let conn = self.connector.connect(&self.rt()?).await?;
+        let mut conn = self.connector.connect(&self.rt()?).await?;
+        conn.unnamed.clone_from(&self.unnamed);
         self.counters.connects.fetch_add(1, Relaxed);
         Ok(conn)
     }
@@ -586,6 +617,13 @@ impl<R> fmt::Debug for PgManager<R> {
             .field("cancel", &self.cancel)
             .field("cancel_after", &self.cancel_after)
             .field("cancel_timeout", &self.cancel_timeout)
+            .field(
+                "statements",
+                &match self.unnamed {
+                    Some(_) => Statements::Unnamed,
+                    None => Statements::Named,
+                },
+            )
             .finish_non_exhaustive()
     }
 }
