@@ -25,7 +25,9 @@ use pool_postgres::tokio_postgres::error::SqlState;
 use pool_postgres::tokio_postgres::types::Type;
 use pool_postgres::tokio_postgres::Config;
 use pool_postgres::tokio_postgres::SimpleQueryMessage;
-use pool_postgres::{PgConnection, PgError, PgManager, PgRuntime, Reset, SslMode, TlsFailure};
+use pool_postgres::{
+    PgConnection, PgError, PgManager, PgRuntime, Reset, SslMode, Statements, TlsFailure,
+};
 
 /// The variable that holds the server's URL.
 pub const URL_VAR: &str = "POOL_TEST_DATABASE_URL";
@@ -79,6 +81,15 @@ macro_rules! postgres {
             recorded_transcripts_replay_to_the_live_verdict,
             protocol_model_agrees_with_the_server,
             pgbouncer_survives_abandoned_queries,
+            pgbouncer_unnamed_statements_return_their_own_results,
+            pgbouncer_named_statements_break_as_the_issue_says,
+            pgbouncer_seed_003_pool_of_two_serves_three_sleepers_in_two_seconds,
+            pgbouncer_seed_002_queries_finish_while_tasks_sleep_outside_the_pool,
+            pgbouncer_seed_002_seventh_task_times_out_with_the_pool_state,
+            pgbouncer_cancelled_begin_does_not_poison_the_next_borrower,
+            pgbouncer_cancelled_mid_transaction_is_rolled_back,
+            pgbouncer_cancelled_mid_query_next_borrower_does_not_wait,
+            pgbouncer_clean_checkins_need_no_reset,
         );
         #[test]
         #[ignore = "restarts the PostgreSQL server: .ci/run runs it alone, after the other tests"]
@@ -116,6 +127,9 @@ pub struct Db<R: PgRuntime> {
     pub rt_name: &'static str,
     admin: PgConnection,
     admin_config: Config,
+    /// The test's connections go through PgBouncer (transaction mode), the admin connection
+    /// straight to the server.
+    pgbouncer: bool,
 }
 
 impl<R: PgRuntime> std::fmt::Debug for Db<R> {
@@ -260,7 +274,22 @@ impl<R: PgRuntime> Db<R> {
             rt_name,
             admin,
             admin_config,
+            pgbouncer: false,
         })
+    }
+
+    /// As [`open`](Self::open), but the test's connections go through PgBouncer
+    /// ([`PGBOUNCER_VAR`]) and its managers run [`Statements::Unnamed`]; `None` after saying
+    /// loudly why not (a failure under CI) when the variable is not set.
+    pub async fn via_pgbouncer(name: &str) -> Option<Self> {
+        let mut db = Self::open(name).await?;
+        let Some(mut config) = pgbouncer_config(&format!("{name} on {}", db.rt_name)) else {
+            return None;
+        };
+        config.application_name(db.app.clone());
+        db.config = config;
+        db.pgbouncer = true;
+        Some(db)
     }
 
     /// Opens the admin connection again (after a server restart).
@@ -272,9 +301,24 @@ impl<R: PgRuntime> Db<R> {
         };
     }
 
-    /// A manager for this test's connections.
+    /// A manager for this test's connections (with [`Statements::Unnamed`] through
+    /// PgBouncer).
     pub fn manager(&self) -> PgManager<R> {
-        PgManager::new(self.config.clone()).runtime(self.rt.clone())
+        let manager = PgManager::new(self.config.clone()).runtime(self.rt.clone());
+        if self.pgbouncer {
+            manager.statements(Statements::Unnamed)
+        } else {
+            manager
+        }
+    }
+
+    /// How many of this test's backends run a statement right now.
+    pub async fn active_backends(&self) -> i64 {
+        self.admin_query(
+            "select count(*) from pg_stat_activity where application_name = $1 and state = 'active'",
+            &self.app,
+        )
+        .await
     }
 
     /// A pool builder with this test's manager, on its runtime, with quick back-off.
@@ -421,6 +465,13 @@ async fn assert_settled<R: PgRuntime>(db: &Db<R>, pool: &PgPool<R>) {
     );
     assert_eq!(s.size, s.idle, "status adds up: {s:?}");
     assert!(s.size <= s.max_size, "{s:?}");
+    if db.pgbouncer {
+        // PgBouncer's server connections are not the pool's: it opens and keeps them as it
+        // sees fit. What holds is that none of them still runs a statement of this test.
+        let running = db.active_backends().await;
+        assert_eq!(running, 0, "no statement of the test still runs: {s:?}");
+        return;
+    }
     // Terminated backends may take a moment to leave pg_stat_activity.
     let give_up = Instant::now() + Duration::from_secs(5);
     let mut backends = db.backends().await;
@@ -442,6 +493,10 @@ pub async fn seed_003_pool_of_two_serves_three_sleepers_in_two_seconds<R: PgRunt
     else {
         return;
     };
+    seed_003(&db).await;
+}
+
+async fn seed_003<R: PgRuntime>(db: &Db<R>) {
     let pool = db.build(db.builder(db.manager()).max_size(2));
     let start = Instant::now();
     let tasks: Vec<_> = (0..3)
@@ -459,7 +514,13 @@ pub async fn seed_003_pool_of_two_serves_three_sleepers_in_two_seconds<R: PgRunt
     let mut seen = Vec::new();
     for _ in 0..9 {
         sleep(&db.rt, Duration::from_millis(200)).await;
-        seen.push(db.backends().await);
+        // Through PgBouncer, a server connection keeps the application name of the last
+        // client it served, and each sleep may get another one: count those running.
+        seen.push(if db.pgbouncer {
+            db.active_backends().await
+        } else {
+            db.backends().await
+        });
     }
     let finished: Vec<Duration> = join_all(tasks)
         .await
@@ -480,7 +541,7 @@ pub async fn seed_003_pool_of_two_serves_three_sleepers_in_two_seconds<R: PgRunt
         elapsed >= Duration::from_millis(1900) && elapsed < Duration::from_millis(2900),
         "about 2 s, not 1 s and not 3 s: {elapsed:?}"
     );
-    assert_settled(&db, &pool).await;
+    assert_settled(db, &pool).await;
 }
 
 /// Seed 002: six tasks on a pool of 3 each run one query and then sleep outside the pool:
@@ -491,6 +552,10 @@ pub async fn seed_002_queries_finish_while_tasks_sleep_outside_the_pool<R: PgRun
     else {
         return;
     };
+    seed_002_queries(&db).await;
+}
+
+async fn seed_002_queries<R: PgRuntime>(db: &Db<R>) {
     let pool = db.build(db.builder(db.manager()).max_size(3));
     let start = Instant::now();
     let tasks: Vec<_> = (0..6)
@@ -527,7 +592,7 @@ pub async fn seed_002_queries_finish_while_tasks_sleep_outside_the_pool<R: PgRun
         "every query finished before any sleep ended"
     );
     assert!(pool.manager().stats().connects <= 3);
-    assert_settled(&db, &pool).await;
+    assert_settled(db, &pool).await;
 }
 
 /// Seed 002: seven tasks each take a connection of a pool of 3 and hold it; with a 1 s
@@ -538,6 +603,10 @@ pub async fn seed_002_seventh_task_times_out_with_the_pool_state<R: PgRuntime>()
     else {
         return;
     };
+    seed_002_seventh(&db).await;
+}
+
+async fn seed_002_seventh<R: PgRuntime>(db: &Db<R>) {
     let pool = db.build(
         db.builder(db.manager())
             .max_size(3)
@@ -602,7 +671,7 @@ pub async fn seed_002_seventh_task_times_out_with_the_pool_state<R: PgRuntime>()
         ));
     }
     assert_eq!(pool.metrics().timed_out, 4);
-    assert_settled(&db, &pool).await;
+    assert_settled(db, &pool).await;
 }
 
 /// One query of the load: when it started and ended, and whether it worked.
@@ -938,7 +1007,16 @@ async fn cancelled_begin<R: PgRuntime>(db: &Db<R>, manager: PgManager<R>) {
         assert!(begin.now_or_never().is_none(), "cancelled before the reply");
     }
     let next = session_of(&pool).await;
-    assert_eq!(next.pid, pid, "the same connection, reused");
+    // Through PgBouncer each transaction may get another backend; the pool's connection is
+    // the same all the same (one connect).
+    if !db.pgbouncer {
+        assert_eq!(next.pid, pid, "the same connection, reused");
+    }
+    assert_eq!(
+        pool.manager().stats().connects,
+        1,
+        "the same connection, reused"
+    );
     assert!(
         next.outside_transaction,
         "not inside the cancelled BEGIN: {next:?}"
@@ -980,7 +1058,14 @@ async fn cancelled_mid_transaction<R: PgRuntime>(db: &Db<R>, manager: PgManager<
         .await
         .is_none());
     let next = session_of(&pool).await;
-    assert_eq!(next.pid, clean.pid, "the same connection, reused");
+    if !db.pgbouncer {
+        assert_eq!(next.pid, clean.pid, "the same connection, reused");
+    }
+    assert_eq!(
+        pool.manager().stats().connects,
+        1,
+        "the same connection, reused"
+    );
     assert!(next.outside_transaction, "{next:?}");
     assert_eq!(next.statement_timeout, clean.statement_timeout, "{next:?}");
     assert_eq!(next.marker, "", "{next:?}");
@@ -1018,7 +1103,14 @@ pub async fn full_reset_clears_session_settings_of_a_cancelled_task<R: PgRuntime
         .await
         .is_none());
     let next = session_of(&pool).await;
-    assert_eq!(next.pid, clean.pid, "the same connection, reused");
+    if !db.pgbouncer {
+        assert_eq!(next.pid, clean.pid, "the same connection, reused");
+    }
+    assert_eq!(
+        pool.manager().stats().connects,
+        1,
+        "the same connection, reused"
+    );
     assert!(next.outside_transaction, "{next:?}");
     assert_eq!(next.statement_timeout, clean.statement_timeout, "{next:?}");
     assert_eq!(next.marker, "", "{next:?}");
@@ -1050,7 +1142,14 @@ pub async fn full_reset_clears_a_setting_sent_by_a_dropped_future<R: PgRuntime>(
         assert!(set.now_or_never().is_none(), "dropped before the reply");
     }
     let next = session_of(&pool).await;
-    assert_eq!(next.pid, clean.pid, "the same connection, reused");
+    if !db.pgbouncer {
+        assert_eq!(next.pid, clean.pid, "the same connection, reused");
+    }
+    assert_eq!(
+        pool.manager().stats().connects,
+        1,
+        "the same connection, reused"
+    );
     assert_eq!(next.statement_timeout, clean.statement_timeout, "{next:?}");
     assert!(pool.manager().stats().session_resets >= 1);
     assert_settled(&db, &pool).await;
@@ -1152,7 +1251,14 @@ async fn cancelled_mid_query<R: PgRuntime>(db: &Db<R>, manager: PgManager<R>) {
         db.rt_name,
         pool.manager().stats().cancels
     ));
-    assert_eq!(next.pid, clean.pid, "the same connection, reused");
+    if !db.pgbouncer {
+        assert_eq!(next.pid, clean.pid, "the same connection, reused");
+    }
+    assert_eq!(
+        pool.manager().stats().connects,
+        1,
+        "the same connection, reused"
+    );
     assert!(next.outside_transaction, "{next:?}");
     assert_eq!(next.marker, "", "{next:?}");
     assert_eq!(still_sleeping, 0, "the abandoned query no longer runs");
@@ -1175,6 +1281,10 @@ pub async fn clean_checkins_need_no_reset<R: PgRuntime>() {
     let Some(db) = Db::<R>::open("clean_checkins_need_no_reset").await else {
         return;
     };
+    clean_checkins(&db).await;
+}
+
+async fn clean_checkins<R: PgRuntime>(db: &Db<R>) {
     let pool = db.build(db.builder(db.manager()).max_size(1));
     let mut split = Vec::new();
     for kind in ["simple_query", "query_typed", "query(&str)"] {
@@ -1201,7 +1311,7 @@ pub async fn clean_checkins_need_no_reset<R: PgRuntime>() {
             after.settled - before.settled,
         ));
     }
-    assert_settled(&db, &pool).await;
+    assert_settled(db, &pool).await;
     let stats = pool.manager().stats();
     report(&format!(
         "checkins on {} (kind, needing nothing, waiting for a reply in the background): {split:?}",
@@ -1218,7 +1328,7 @@ pub async fn clean_checkins_need_no_reset<R: PgRuntime>() {
     // it is; a checkin that finds that `Close` still queued writes it itself. Allow a few
     // checkins that find the connection task mid-poll on a loaded machine.
     assert!(stats.clean_checkins >= 100, "{split:?} {stats:?}");
-    assert_settled(&db, &pool).await;
+    assert_settled(db, &pool).await;
 }
 
 /// Credentials: the Debug output of the manager, the pool, a connection, and of every error
@@ -2929,4 +3039,295 @@ pub async fn pgbouncer_survives_abandoned_queries<R: PgRuntime>() {
         sorted[sorted.len() - 1]
     ));
     assert!(stats.cancels >= 20, "{stats:?}");
+}
+
+/// The PgBouncer configuration from [`PGBOUNCER_VAR`], or `None` after skipping `test`
+/// loudly (a failure under CI) when the variable is not set.
+fn pgbouncer_config(test: &str) -> Option<Config> {
+    match std::env::var(PGBOUNCER_VAR) {
+        Ok(url) => match url.parse() {
+            Ok(config) => Some(config),
+            Err(e) => panic!("{PGBOUNCER_VAR} does not parse: {e}"),
+        },
+        Err(_) => {
+            skip(
+                test,
+                &format!(
+                    "{PGBOUNCER_VAR} is not set (.ci/pgbouncer.sh starts PgBouncer and prints it)"
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// Runs scenarios of the suite through PgBouncer in transaction mode, with the manager's
+/// [`Statements::Unnamed`]. Assertions that cannot hold through a pooler are adapted where
+/// the scenarios make them (see [`Db::via_pgbouncer`]): a backend's pid is compared only on
+/// a direct connection (PgBouncer may give each transaction another backend; the pool's
+/// single connect is asserted instead); `pg_stat_activity` counts only backends running a
+/// statement (a server connection keeps the name of the last client it served); the settled
+/// pool is not compared with the server's connection count (PgBouncer's server connections
+/// are its own).
+macro_rules! through_pgbouncer {
+    ($($name:ident => $run:expr),+ $(,)?) => {
+        $(
+            #[doc = concat!("`", stringify!($run), "` through PgBouncer (transaction mode).")]
+            pub async fn $name<R: PgRuntime>() {
+                let Some(db) = Db::<R>::via_pgbouncer(stringify!($name)).await else {
+                    return;
+                };
+                ($run)(&db).await;
+            }
+        )+
+    };
+}
+
+through_pgbouncer! {
+    pgbouncer_seed_003_pool_of_two_serves_three_sleepers_in_two_seconds => seed_003,
+    pgbouncer_seed_002_queries_finish_while_tasks_sleep_outside_the_pool => seed_002_queries,
+    pgbouncer_seed_002_seventh_task_times_out_with_the_pool_state => seed_002_seventh,
+    pgbouncer_cancelled_begin_does_not_poison_the_next_borrower =>
+        async |db: &Db<R>| cancelled_begin(db, db.manager()).await,
+    pgbouncer_cancelled_mid_transaction_is_rolled_back =>
+        async |db: &Db<R>| cancelled_mid_transaction(db, db.manager()).await,
+    pgbouncer_cancelled_mid_query_next_borrower_does_not_wait =>
+        async |db: &Db<R>| cancelled_mid_query(db, db.manager()).await,
+    pgbouncer_clean_checkins_need_no_reset => clean_checkins,
+}
+
+/// One statement of the mixed load and the check of its answer.
+async fn mixed_statement(conn: &PgConnection, task: usize, i: usize) -> Result<(), String> {
+    let n = (task * 100_000 + i) as i64;
+    let small = n as i32;
+    let err = |e: pool_postgres::tokio_postgres::Error| format!("query {i} of task {task}: {e}");
+    let wrong = |what: &str| format!("query {i} of task {task}: a wrong result: {what}");
+    match i % 6 {
+        0 => {
+            let rows = conn
+                .query("select $1::int4 + 1", &[&small])
+                .await
+                .map_err(err)?;
+            let got: i32 = rows[0].get(0);
+            if rows.len() != 1 || got != small + 1 {
+                return Err(wrong(&format!("{small} + 1 = {got}")));
+            }
+        }
+        1 => {
+            let text = format!("t{task}");
+            let row = conn
+                .query_one("select $1::text || '-' || $2::int8", &[&text, &n])
+                .await
+                .map_err(err)?;
+            let got: String = row.get(0);
+            if got != format!("{text}-{n}") {
+                return Err(wrong(&got));
+            }
+        }
+        2 => {
+            let row = conn
+                .query_one("select $2::int8 * 2, $1::text", &[&"x", &n])
+                .await
+                .map_err(err)?;
+            let (twice, x): (i64, String) = (row.get(0), row.get(1));
+            if twice != n * 2 || x != "x" {
+                return Err(wrong(&format!("{twice}, {x}")));
+            }
+        }
+        3 => {
+            let row = conn
+                .query_opt("select $1::int8 where $1::int8 % 2 = 0", &[&n])
+                .await
+                .map_err(err)?;
+            let got = row.map(|r| r.get::<_, i64>(0));
+            if got != (n % 2 == 0).then_some(n) {
+                return Err(wrong(&format!("{got:?} for {n}")));
+            }
+        }
+        4 => {
+            let changed = conn
+                .execute("select generate_series(1, $1::int4)", &[&(small % 5 + 1)])
+                .await
+                .map_err(err)?;
+            if changed != (small % 5 + 1) as u64 {
+                return Err(wrong(&format!("{changed} rows for {}", small % 5 + 1)));
+            }
+        }
+        _ => {
+            // No parameters: nothing to type.
+            let row = conn
+                .query_one("select 42::int4, current_setting('application_name')", &[])
+                .await
+                .map_err(err)?;
+            if row.get::<_, i32>(0) != 42 {
+                return Err(wrong("42"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Issue item: behind PgBouncer in transaction mode, with [`Statements::Unnamed`], 10,000
+/// parameterised statements of six kinds (`query`, `query_one`, `query_opt`, `execute`,
+/// with and without parameters) from 32 tasks on a pool of 6 all work and every answer
+/// matches its input. Every tenth round also runs inside a transaction of the borrower's,
+/// with a text seen for the first time there (described inside that transaction).
+pub async fn pgbouncer_unnamed_statements_return_their_own_results<R: PgRuntime>() {
+    let test = "pgbouncer_unnamed_statements_return_their_own_results";
+    let Some(db) = Db::<R>::via_pgbouncer(test).await else {
+        return;
+    };
+    const TASKS: usize = 32;
+    const PER_TASK: usize = 10_000 / TASKS + 1;
+    let pool = db.build(db.builder(db.manager()).max_size(6));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let pool = pool.clone();
+            spawn(&db.rt, async move {
+                let mut done = 0_usize;
+                for i in 0..PER_TASK {
+                    let conn = pool.get().await.map_err(|e| e.to_string())?;
+                    if i % 10 == 9 {
+                        conn.batch_execute("BEGIN")
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let sql = format!("select $1::int4 * {}", task + 2);
+                        let row = conn
+                            .query_one(sql.as_str(), &[&(i as i32)])
+                            .await
+                            .map_err(|e| format!("in a transaction: {e}"))?;
+                        let got: i32 = row.get(0);
+                        if got != i as i32 * (task as i32 + 2) {
+                            return Err(format!("in a transaction: a wrong result {got}"));
+                        }
+                        conn.batch_execute("COMMIT")
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        done += 1;
+                    }
+                    mixed_statement(&conn, task, i).await?;
+                    done += 1;
+                }
+                Ok::<_, String>(done)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    let mut errors = Vec::new();
+    for result in join_all(tasks).await {
+        match result.expect("the task ran") {
+            Ok(n) => total += n,
+            Err(e) => errors.push(e),
+        }
+    }
+    let elapsed = start.elapsed();
+    let stats = pool.manager().stats();
+    report(&format!(
+        "PgBouncer, Statements::Unnamed on {}: {total} statements from {TASKS} tasks on a pool \
+         of 6 in {elapsed:.2?}, {} errors; {stats:?}",
+        db.rt_name,
+        errors.len()
+    ));
+    assert!(
+        errors.is_empty(),
+        "{} errors, the first: {:?}",
+        errors.len(),
+        errors.first()
+    );
+    assert!(total >= 10_000, "{total}");
+    assert_settled(&db, &pool).await;
+}
+
+/// Issue item: the default ([`Statements::Named`]) behind PgBouncer in transaction mode
+/// breaks the way the issue says: a parameterised `query(&str)` from many tasks fails with
+/// "prepared statement ... does not exist" (or, when names meet, "already exists", or
+/// answers for another statement). Runs until the first failure, at most 5,000 queries, and
+/// asserts one. The statements it leaves on PgBouncer's server connections are dropped at
+/// the end with the admin console's `RECONNECT test` (PgBouncer closes each server
+/// connection once it is released).
+pub async fn pgbouncer_named_statements_break_as_the_issue_says<R: PgRuntime>() {
+    let test = "pgbouncer_named_statements_break_as_the_issue_says";
+    let Some(db) = Db::<R>::via_pgbouncer(test).await else {
+        return;
+    };
+    let manager = PgManager::new(db.config.clone())
+        .runtime(db.rt.clone())
+        .statements(Statements::Named);
+    let pool = db.build(db.builder(manager).max_size(6));
+    let failed = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..24)
+        .map(|task| {
+            let (pool, failed) = (pool.clone(), Arc::clone(&failed));
+            spawn(&db.rt, async move {
+                let mut outcome = None;
+                for i in 0..5_000 / 24 {
+                    if failed.load(SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = pool.get().await else { continue };
+                    let n = (task * 10_000 + i) as i32;
+                    let sql = if i % 2 == 0 {
+                        "select $1::int4"
+                    } else {
+                        "select $1::int4 + 0"
+                    };
+                    match conn.query(sql, &[&n]).await {
+                        Ok(rows)
+                            if rows.len() == 1 && rows[0].try_get::<_, i32>(0).ok() == Some(n) => {}
+                        Ok(rows) => {
+                            outcome = Some(format!("a wrong result: {rows:?} for {n}"));
+                        }
+                        Err(e) => {
+                            outcome = Some(match e.as_db_error() {
+                                Some(db) => format!("{}: {}", db.code().code(), db.message()),
+                                None => e.to_string(),
+                            })
+                        }
+                    }
+                    if outcome.is_some() {
+                        failed.store(true, SeqCst);
+                        break;
+                    }
+                }
+                outcome
+            })
+        })
+        .collect();
+    let outcomes: Vec<String> = join_all(tasks)
+        .await
+        .into_iter()
+        .filter_map(|r| r.expect("the task ran"))
+        .collect();
+    drop(pool);
+    // Drop the named statements left on PgBouncer's server connections.
+    let mut console = db.config.clone();
+    console.dbname("pgbouncer");
+    match PgManager::new(console)
+        .runtime(db.rt.clone())
+        .connect()
+        .await
+    {
+        Ok(console) => {
+            if let Err(e) = console.simple_query("RECONNECT test").await {
+                report(&format!("{test}: RECONNECT test failed: {e}"));
+            }
+        }
+        Err(e) => report(&format!("{test}: PgBouncer's console: {e}")),
+    }
+    report(&format!(
+        "PgBouncer, Statements::Named on {}: the first failures: {:?}",
+        db.rt_name,
+        outcomes.iter().take(3).collect::<Vec<_>>()
+    ));
+    assert!(
+        !outcomes.is_empty(),
+        "named statements through PgBouncer in transaction mode failed in 5,000 queries"
+    );
+    assert!(
+        outcomes.iter().all(|o| o.contains("prepared statement")
+            || o.contains("a wrong result")
+            || o.contains("unexpected message")),
+        "{outcomes:?}"
+    );
 }
