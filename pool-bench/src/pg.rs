@@ -1,10 +1,15 @@
 //! The PostgreSQL mode: `select 1` through tokio-postgres via every pool that has a
-//! tokio-postgres manager (this pool with the small manager below, bb8-postgres,
-//! deadpool-postgres, mobc-postgres, qp-postgres), plus a baseline of one dedicated client
+//! tokio-postgres manager (this pool with the small manager below and with pool-postgres's
+//! `PgManager` as a user configures it, bb8-postgres, deadpool-postgres, mobc-postgres,
+//! qp-postgres), plus a baseline of one dedicated client
 //! per worker and no pool at all. Each query is timed in three parts: the acquire, the query,
 //! the release (dropping the guard); the pool's overhead is acquire + release, reported per
 //! query and as a share of a 1 ms query (seed 002 measured 30 % for its patch there). A second
 //! run uses `select pg_sleep(0.001)`, a real 1 ms query.
+//!
+//! Every query is a simple query (`simple_query`): no named statement, so the same loop runs
+//! unchanged through PgBouncer in transaction mode (`--pg-url` pointed at it) for every
+//! contender alike.
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -46,6 +51,7 @@ impl pool_core::Manager for PgManager {
 enum PgPool {
     NoPool,
     Ours,
+    OursPg,
     Bb8,
     Deadpool,
     Mobc,
@@ -53,9 +59,10 @@ enum PgPool {
 }
 
 impl PgPool {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::NoPool,
         Self::Ours,
+        Self::OursPg,
         Self::Bb8,
         Self::Deadpool,
         Self::Mobc,
@@ -66,6 +73,7 @@ impl PgPool {
         match self {
             Self::NoPool => "no pool (a client per worker)",
             Self::Ours => "pool/tokio",
+            Self::OursPg => "pool/tokio + pool-postgres",
             Self::Bb8 => "bb8-postgres 0.9",
             Self::Deadpool => "deadpool-postgres 0.14",
             Self::Mobc => "mobc-postgres 0.9",
@@ -79,6 +87,12 @@ impl PgPool {
             Self::Ours => {
                 "max_size=size, acquire_timeout=None, check_on_checkout=false, \
                  idle_timeout=None, max_lifetime=None; has_broken = is_closed"
+            }
+            Self::OursPg => {
+                "pool-postgres's PgManager with its defaults (Check::Ping past the pool's \
+                 500 ms bypass window, Reset::Rollback, the protocol tracker) and \
+                 Statements::Unnamed; max_size=size, acquire_timeout=None, the pool's other \
+                 defaults"
             }
             Self::Bb8 => {
                 "max_size=size, test_on_check_out=false, idle_timeout=None, \
@@ -117,6 +131,26 @@ trait PgSource: Send + Sync + 'static {
 
     /// Acquires a client; errors become messages.
     fn get(&self) -> impl Future<Output = Result<Self::Guard<'_>, String>> + Send;
+}
+
+/// pool-postgres's guard derefs to its `PgConnection`; this derefs to the client.
+struct PgGuard<'a>(pool_tokio::PooledConnection<'a, pool_postgres::PgManager<pool_tokio::Tokio>>);
+
+impl Deref for PgGuard<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.0.client()
+    }
+}
+
+impl PgSource for pool_postgres::TokioPool {
+    type Guard<'a> = PgGuard<'a>;
+    async fn get(&self) -> Result<Self::Guard<'_>, String> {
+        pool_tokio::Pool::get(self)
+            .await
+            .map(PgGuard)
+            .map_err(|e| e.to_string())
+    }
 }
 
 type Bb8Manager = bb8_postgres::PostgresConnectionManager<NoTls>;
@@ -295,6 +329,16 @@ async fn run_one(
             .max_lifetime(None)
             .build()
             .map_err(|e| err(&e))?;
+            drive(repeat(pool, workers), size, sql, window).await
+        }
+        PgPool::OursPg => {
+            let manager = pool_postgres::PgManager::new(config.clone())
+                .statements(pool_postgres::Statements::Unnamed);
+            let pool = pool_tokio::Pool::builder(manager)
+                .max_size(size)
+                .acquire_timeout(None)
+                .build()
+                .map_err(|e| err(&e))?;
             drive(repeat(pool, workers), size, sql, window).await
         }
         PgPool::Bb8 => {
