@@ -283,9 +283,7 @@ impl<R: PgRuntime> Db<R> {
     /// loudly why not (a failure under CI) when the variable is not set.
     pub async fn via_pgbouncer(name: &str) -> Option<Self> {
         let mut db = Self::open(name).await?;
-        let Some(mut config) = pgbouncer_config(&format!("{name} on {}", db.rt_name)) else {
-            return None;
-        };
+        let mut config = pgbouncer_config(&format!("{name} on {}", db.rt_name))?;
         config.application_name(db.app.clone());
         db.config = config;
         db.pgbouncer = true;
@@ -3266,7 +3264,7 @@ pub async fn pgbouncer_named_statements_break_as_the_issue_says<R: PgRuntime>() 
                         break;
                     }
                     let Ok(conn) = pool.get().await else { continue };
-                    let n = (task * 10_000 + i) as i32;
+                    let n: i32 = task * 10_000 + i;
                     let sql = if i % 2 == 0 {
                         "select $1::int4"
                     } else {
