@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use futures_util::future::join;
 use futures_util::lock::Mutex as AsyncMutex;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Error, Notification, Row};
 
@@ -14,6 +15,10 @@ use crate::protocol::{TransactionStatus, Verdict};
 use crate::statements::sealed::QueryRef;
 use crate::statements::{Statements, ToQuery, TypeCache};
 use crate::wire::{Link, Wire};
+
+/// How many times [`PgConnection::describe`] tries, when a statement of the name
+/// tokio-postgres picked already exists on the server connection.
+const DESCRIBE_ATTEMPTS: u32 = 4;
 
 /// Where a connection goes (also where its cancel requests go).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,6 +231,36 @@ impl PgConnection {
         if let Some(types) = cache.get(sql).filter(|t| t.len() == params.len()) {
             return Ok(types);
         }
+        let mut attempt = 1;
+        loop {
+            match self.describe_once(sql, params).await {
+                // Through a pooler in transaction mode, a server connection can hold a named
+                // statement another client prepared and never closed there (its `Close` went
+                // to another server connection); tokio-postgres names each prepare afresh, so
+                // the next attempt passes it by. Only in a transaction of our own: the
+                // borrower's is failed now.
+                Err((e, true))
+                    if attempt < DESCRIBE_ATTEMPTS
+                        && e.code() == Some(&SqlState::DUPLICATE_PSTATEMENT) =>
+                {
+                    attempt += 1;
+                }
+                Err((e, _)) => return Err(e),
+                Ok(types) => {
+                    cache.insert(sql, Arc::clone(&types));
+                    return Ok(types);
+                }
+            }
+        }
+    }
+
+    /// One try of [`describe`](Self::describe); an error says whether it happened in a
+    /// transaction of its own (which it ended).
+    async fn describe_once(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Arc<[Type]>, (Error, bool)> {
         // The transaction status is known once nothing is in flight (the borrower's own
         // pipelined requests, if any, finish first). A closed connection fails below.
         self.wire().wait_for(Wire::calm).await;
@@ -233,7 +268,7 @@ impl PgConnection {
         let prepared = if own_transaction {
             let (begin, prepared) =
                 join(self.client.batch_execute("BEGIN"), self.client.prepare(sql)).await;
-            begin?;
+            begin.map_err(|e| (e, false))?;
             prepared
         } else {
             self.client.prepare(sql).await
@@ -258,11 +293,12 @@ impl PgConnection {
         };
         if own_transaction {
             // After a failed prepare this ends the failed transaction (a rollback).
-            self.client.batch_execute("COMMIT").await?;
+            self.client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(|e| (e, false))?;
         }
-        let types = described?;
-        cache.insert(sql, Arc::clone(&types));
-        Ok(types)
+        described.map_err(|e| (e, own_transaction))
     }
 
     pub(crate) fn wire(&self) -> &Arc<Wire> {
