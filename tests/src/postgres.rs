@@ -90,6 +90,7 @@ macro_rules! postgres {
             pgbouncer_cancelled_mid_transaction_is_rolled_back,
             pgbouncer_cancelled_mid_query_next_borrower_does_not_wait,
             pgbouncer_clean_checkins_need_no_reset,
+            unnamed_statements_fail_cleanly_and_respect_the_borrowers_transaction,
         );
         #[test]
         #[ignore = "restarts the PostgreSQL server: .ci/run runs it alone, after the other tests"]
@@ -3314,4 +3315,66 @@ pub async fn pgbouncer_named_statements_break_as_the_issue_says<R: PgRuntime>() 
             || o.contains("unexpected message")),
         "{outcomes:?}"
     );
+}
+
+/// [`Statements::Unnamed`] on a direct connection: a wrong parameter count fails with
+/// tokio-postgres's own error before anything runs, a syntax error with the server's, and
+/// the connection is idle outside a transaction after each; a text first seen inside the
+/// borrower's transaction is described there without ending it (its rollback undoes the
+/// insert made in it).
+pub async fn unnamed_statements_fail_cleanly_and_respect_the_borrowers_transaction<R: PgRuntime>() {
+    let test = "unnamed_statements_fail_cleanly_and_respect_the_borrowers_transaction";
+    let Some(db) = Db::<R>::open(test).await else {
+        return;
+    };
+    let pool = db.build(
+        db.builder(db.manager().statements(Statements::Unnamed))
+            .max_size(1),
+    );
+    let conn = get(&pool).await;
+    assert_eq!(conn.statements(), Statements::Unnamed);
+    // The status of the last reply (a `Close` may still be due: it changes no status).
+    let idle = |conn: &PgConnection| Some(conn.protocol_verdict().status);
+    let e = conn
+        .query("select $1::int4 + $2::int4", &[&1_i32])
+        .await
+        .expect_err("one parameter for two");
+    assert!(
+        e.to_string().contains("expected 2 parameters but got 1"),
+        "{e}"
+    );
+    assert_eq!(idle(&conn), Some(pool_postgres::TransactionStatus::Idle));
+    let e = conn
+        .query_one("selec $1::int4", &[&1_i32])
+        .await
+        .expect_err("a syntax error");
+    assert_eq!(e.code(), Some(&SqlState::SYNTAX_ERROR), "{e}");
+    assert_eq!(idle(&conn), Some(pool_postgres::TransactionStatus::Idle));
+    let table = format!("pooltest_unnamed_{}", std::process::id());
+    exec(&conn, &format!("create temp table {table} (n int4)")).await;
+    exec(&conn, "BEGIN").await;
+    let changed = conn
+        .execute(
+            format!("insert into {table} values ($1)").as_str(),
+            &[&5_i32],
+        )
+        .await
+        .expect("the insert");
+    assert_eq!(changed, 1);
+    assert_eq!(
+        idle(&conn),
+        Some(pool_postgres::TransactionStatus::InTransaction),
+        "still inside the borrower's transaction"
+    );
+    exec(&conn, "ROLLBACK").await;
+    let row = conn
+        .query_one(
+            format!("select count(*) from {table} where n = $1").as_str(),
+            &[&5_i32],
+        )
+        .await
+        .expect("the count");
+    assert_eq!(row.get::<_, i64>(0), 0, "the rollback undid the insert");
+    drop(conn);
+    assert_settled(&db, &pool).await;
 }
