@@ -44,6 +44,9 @@ USAGE: pool-bench [OPTIONS]
   --pg                  also run the PostgreSQL mode (select 1 through tokio-postgres)
   --pg-only             only the PostgreSQL mode
   --pg-url URL          default host=127.0.0.1 port=5432 user=postgres dbname=test
+  --pg-bouncer-url URL  also run the PostgreSQL mode through this PgBouncer (transaction
+                        mode, in front of the same server) and report each pool's
+                        throughput through it as a share of its direct throughput
   --help                this text
 ";
 
@@ -78,6 +81,8 @@ pub struct Options {
     pub pg: bool,
     /// Its connection string.
     pub pg_url: String,
+    /// A PgBouncer in front of the same server, to run the PostgreSQL mode through as well.
+    pub pg_bouncer_url: Option<String>,
     /// Whether this is the quick run.
     pub quick: bool,
 }
@@ -98,6 +103,7 @@ impl Default for Options {
             matrix: true,
             pg: false,
             pg_url: "host=127.0.0.1 port=5432 user=postgres dbname=test".into(),
+            pg_bouncer_url: None,
             quick: false,
         }
     }
@@ -161,6 +167,9 @@ impl Options {
                     o.matrix = false;
                 }
                 "--pg-url" => o.pg_url = it.next().ok_or("--pg-url URL")?,
+                "--pg-bouncer-url" => {
+                    o.pg_bouncer_url = Some(it.next().ok_or("--pg-bouncer-url URL")?);
+                }
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }

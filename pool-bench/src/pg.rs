@@ -1,15 +1,15 @@
 //! The PostgreSQL mode: `select 1` through tokio-postgres via every pool that has a
 //! tokio-postgres manager (this pool with the small manager below and with pool-postgres's
 //! `PgManager` as a user configures it, bb8-postgres, deadpool-postgres, mobc-postgres,
-//! qp-postgres), plus a baseline of one dedicated client
+//! qp-postgres) and sqlx's own pool and driver, plus a baseline of one dedicated client
 //! per worker and no pool at all. Each query is timed in three parts: the acquire, the query,
 //! the release (dropping the guard); the pool's overhead is acquire + release, reported per
 //! query and as a share of a 1 ms query (seed 002 measured 30 % for its patch there). A second
 //! run uses `select pg_sleep(0.001)`, a real 1 ms query.
 //!
-//! Every query is a simple query (`simple_query`): no named statement, so the same loop runs
-//! unchanged through PgBouncer in transaction mode (`--pg-url` pointed at it) for every
-//! contender alike.
+//! Every query is a simple query (`simple_query`; sqlx's `raw_sql`): no named statement, so
+//! the same loop runs unchanged through PgBouncer in transaction mode (`--pg-url` pointed at
+//! it) for every contender alike.
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -56,10 +56,11 @@ enum PgPool {
     Deadpool,
     Mobc,
     Qp,
+    Sqlx,
 }
 
 impl PgPool {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::NoPool,
         Self::Ours,
         Self::OursPg,
@@ -67,6 +68,7 @@ impl PgPool {
         Self::Deadpool,
         Self::Mobc,
         Self::Qp,
+        Self::Sqlx,
     ];
 
     fn name(self) -> &'static str {
@@ -78,6 +80,7 @@ impl PgPool {
             Self::Deadpool => "deadpool-postgres 0.14",
             Self::Mobc => "mobc-postgres 0.9",
             Self::Qp => "qp-postgres 0.1",
+            Self::Sqlx => "sqlx 0.9",
         }
     }
 
@@ -104,6 +107,10 @@ impl PgPool {
                  max_lifetime=None, max_idle_lifetime=None, health_check_interval=None"
             }
             Self::Qp => "qp_postgres::connect(config, NoTls, size); acquire_unchecked()",
+            Self::Sqlx => {
+                "sqlx's own driver: max_connections=size, test_before_acquire=false, \
+                 acquire_timeout=1h, idle_timeout=None, max_lifetime=None; raw_sql"
+            }
         }
     }
 }
@@ -122,10 +129,37 @@ struct Totals {
     stuck: usize,
 }
 
-/// A pool of tokio-postgres clients the PostgreSQL mode can drive.
+/// A lent connection that runs one simple query.
+trait Simple: Send {
+    fn simple(&mut self, sql: &'static str) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+impl<T: Deref<Target = Client> + Send> Simple for T {
+    async fn simple(&mut self, sql: &'static str) -> Result<(), String> {
+        self.simple_query(sql)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// sqlx's guard; its own driver runs the query.
+struct SqlxGuard(sqlx::pool::PoolConnection<sqlx::Postgres>);
+
+impl Simple for SqlxGuard {
+    async fn simple(&mut self, sql: &'static str) -> Result<(), String> {
+        sqlx::raw_sql(sql)
+            .execute(&mut *self.0)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A pool the PostgreSQL mode can drive.
 trait PgSource: Send + Sync + 'static {
-    /// The guard of a lent client.
-    type Guard<'a>: Deref<Target = Client> + Send
+    /// The guard of a lent connection.
+    type Guard<'a>: Simple
     where
         Self: 'a;
 
@@ -205,6 +239,16 @@ impl PgSource for qp::Pool<QpManager> {
     }
 }
 
+impl PgSource for sqlx::PgPool {
+    type Guard<'a> = SqlxGuard;
+    async fn get(&self) -> Result<Self::Guard<'_>, String> {
+        self.acquire()
+            .await
+            .map(SqlxGuard)
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// The no-pool baseline: a client owned by one worker; "acquiring" it is borrowing it.
 struct Owned(Client);
 
@@ -227,7 +271,7 @@ async fn work<P: PgSource>(
         let t0 = Instant::now();
         let got = pool.get().await;
         let t1 = Instant::now();
-        let conn = match got {
+        let mut conn = match got {
             Ok(conn) => conn,
             Err(e) => {
                 t.errors += 1;
@@ -235,13 +279,13 @@ async fn work<P: PgSource>(
                 break;
             }
         };
-        let result = conn.simple_query(sql).await;
+        let result = conn.simple(sql).await;
         let t2 = Instant::now();
         drop(conn);
         let t3 = Instant::now();
         if let Err(e) = result {
             t.errors += 1;
-            t.first_error.get_or_insert_with(|| e.to_string());
+            t.first_error.get_or_insert(e);
             break;
         }
         t.queries += 1;
@@ -377,7 +421,41 @@ async fn run_one(
             let pool = qp_postgres::connect(config.clone(), NoTls, size);
             drive(repeat(pool, workers), size, sql, window).await
         }
+        PgPool::Sqlx => {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(u32::try_from(size).map_err(|e| err(&e))?)
+                .test_before_acquire(false)
+                .acquire_timeout(hour)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_lazy_with(sqlx_options(config));
+            drive(repeat(pool, workers), size, sql, window).await
+        }
     }
+}
+
+/// The same server, user, password and database for sqlx (its own options type).
+fn sqlx_options(config: &tokio_postgres::Config) -> sqlx::postgres::PgConnectOptions {
+    let mut o = sqlx::postgres::PgConnectOptions::new_without_pgpass();
+    match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => o = o.host(host),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(dir)) => o = o.socket(dir),
+        None => {}
+    }
+    if let Some(&port) = config.get_ports().first() {
+        o = o.port(port);
+    }
+    if let Some(user) = config.get_user() {
+        o = o.username(user);
+    }
+    if let Some(password) = config.get_password() {
+        o = o.password(&String::from_utf8_lossy(password));
+    }
+    if let Some(db) = config.get_dbname() {
+        o = o.database(db);
+    }
+    o.ssl_mode(sqlx::postgres::PgSslMode::Disable)
 }
 
 /// `workers` handles of one pool.
@@ -390,97 +468,140 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-/// Runs the PostgreSQL mode and returns its markdown report.
+/// Runs the PostgreSQL mode and returns its markdown report: against `--pg-url`, then (with
+/// `--pg-bouncer-url`) through PgBouncer, and a table of each pool's throughput through
+/// PgBouncer as a share of its direct throughput.
 ///
 /// # Errors
 /// A message if the database cannot be reached.
 pub fn run(o: &Options) -> Result<String, String> {
-    let config: tokio_postgres::Config = o.pg_url.parse().map_err(|e| format!("{e}"))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(THREADS)
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    let window = if o.quick {
+        Duration::from_millis(400)
+    } else {
+        Duration::from_secs(2)
+    };
     rt.block_on(async {
-        let (client, connection) = config
-            .connect(NoTls)
-            .await
-            .map_err(|e| format!("cannot connect ({}): {e}", o.pg_url))?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let version = client
-            .query_one("show server_version", &[])
-            .await
-            .map(|row| row.get::<_, String>(0))
-            .unwrap_or_default();
-        drop(client);
-        let window = if o.quick {
-            Duration::from_millis(400)
-        } else {
-            Duration::from_secs(2)
+        let (mut out, direct) = run_against(&o.pg_url, "", window).await?;
+        let Some(bouncer_url) = &o.pg_bouncer_url else {
+            return Ok(out);
         };
-        let size = 16;
-        let mut out = format!(
-            "## PostgreSQL mode\n\nPostgreSQL {version} at `{}`; tokio multi-thread runtime, \
-             {THREADS} workers; pool size {size}; {window:?} per run; each query timed as \
-             acquire + query + release, where *overhead* = acquire + release (mean per query). \
-             Configurations:\n\n",
+        let (section, bounced) = run_against(bouncer_url, " through PgBouncer", window).await?;
+        out.push_str(&section);
+        let _ = writeln!(
+            out,
+            "\n### Through PgBouncer as a share of direct\n\nQueries/s through `{bouncer_url}` \
+             and straight to `{}`, measured in this run.\n\n| query | workers | pool | direct q/s \
+             | through PgBouncer q/s | share |\n|---|---|---|---|---|---|",
             o.pg_url
         );
-        for p in PgPool::ALL {
-            let _ = writeln!(out, "- `{}`: {}", p.name(), p.config());
-        }
-        let runs: [(&'static str, &[usize]); 2] = [
-            ("select 1", &[1, 16, 64]),
-            ("select pg_sleep(0.001)", &[1, 16]),
-        ];
-        for (sql, workers_list) in runs {
-            let _ = writeln!(
-                out,
-                "\n### `{sql}`\n\n| workers | pool | queries/s | query µs (mean) | acquire µs \
-                 | release µs | overhead µs | overhead / 1 ms | overhead / this query | \
-                 acquire p99 µs | errors | hung workers |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
-            );
-            for &workers in workers_list {
-                for p in PgPool::ALL {
-                    eprint!("\r\x1b[2KPostgreSQL: {sql}, {workers} workers, {}", p.name());
-                    let t = match run_one(p, &config, workers, size, sql, window).await {
-                        Ok(t) => t,
-                        Err(e) => {
-                            let _ = writeln!(out, "| {workers} | {} | failed: {e} |", p.name());
-                            continue;
-                        }
-                    };
-                    let n = t.queries.max(1) as f64;
-                    let overhead = (micros(t.acquire) + micros(t.release)) / n;
-                    let query = micros(t.query) / n;
-                    let _ = writeln!(
-                        out,
-                        "| {workers} | {} | {:.0} | {query:.1} | {:.2} | {:.2} | {overhead:.2} | \
-                         {:.2} % | {:.2} % | {:.1} | {} | {} |",
-                        p.name(),
-                        t.queries as f64 / window.as_secs_f64(),
-                        micros(t.acquire) / n,
-                        micros(t.release) / n,
-                        overhead / 1000.0 * 100.0,
-                        overhead / query * 100.0,
-                        micros(t.waits.quantile(0.99)),
-                        match &t.first_error {
-                            Some(e) => format!("{} ({e})", t.errors),
-                            None => t.errors.to_string(),
-                        },
-                        t.stuck
-                    );
-                }
+        for (key, d) in &direct {
+            if let Some((_, b)) = bounced.iter().find(|(k, _)| k == key) {
+                let (sql, workers, pool) = key;
+                let _ = writeln!(
+                    out,
+                    "| `{sql}` | {workers} | {pool} | {d:.0} | {b:.0} | {:.0} % |",
+                    100.0 * b / d.max(1.0)
+                );
             }
         }
-        eprintln!("\r\x1b[2KPostgreSQL mode done");
-        out.push_str(
-            "\nThe no-pool row's \"acquire\" and \"release\" borrow a client the worker owns: \
-             the floor of the timing itself. With workers > size, acquire includes waiting \
-             for a connection.\n",
-        );
         Ok(out)
     })
+}
+
+/// Queries/s of one (query, workers, pool) cell.
+type Rates = Vec<((&'static str, usize, &'static str), f64)>;
+
+/// The PostgreSQL mode against one server (or pooler): its report and its rates.
+async fn run_against(url: &str, title: &str, window: Duration) -> Result<(String, Rates), String> {
+    let config: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| format!("cannot connect ({url}): {e}"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let version = client
+        .simple_query("show server_version")
+        .await
+        .ok()
+        .and_then(|rows| {
+            rows.into_iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                _ => None,
+            })
+        })
+        .unwrap_or_default();
+    drop(client);
+    let size = 16;
+    let mut rates = Rates::new();
+    let mut out = format!(
+        "## PostgreSQL mode{title}\n\nPostgreSQL {version} at `{url}`; tokio multi-thread \
+         runtime, {THREADS} workers; pool size {size}; {window:?} per run; each query timed as \
+         acquire + query + release, where *overhead* = acquire + release (mean per query). \
+         Configurations:\n\n"
+    );
+    for p in PgPool::ALL {
+        let _ = writeln!(out, "- `{}`: {}", p.name(), p.config());
+    }
+    let runs: [(&'static str, &[usize]); 2] = [
+        ("select 1", &[1, 16, 64]),
+        ("select pg_sleep(0.001)", &[1, 16]),
+    ];
+    for (sql, workers_list) in runs {
+        let _ = writeln!(
+            out,
+            "\n### `{sql}`{title}\n\n| workers | pool | queries/s | query µs (mean) | acquire µs \
+             | release µs | overhead µs | overhead / 1 ms | overhead / this query | \
+             acquire p99 µs | errors | hung workers |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for &workers in workers_list {
+            for p in PgPool::ALL {
+                eprint!(
+                    "\r\x1b[2KPostgreSQL{title}: {sql}, {workers} workers, {}",
+                    p.name()
+                );
+                let t = match run_one(p, &config, workers, size, sql, window).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        let _ = writeln!(out, "| {workers} | {} | failed: {e} |", p.name());
+                        continue;
+                    }
+                };
+                let n = t.queries.max(1) as f64;
+                let overhead = (micros(t.acquire) + micros(t.release)) / n;
+                let query = micros(t.query) / n;
+                let per_second = t.queries as f64 / window.as_secs_f64();
+                rates.push(((sql, workers, p.name()), per_second));
+                let _ = writeln!(
+                    out,
+                    "| {workers} | {} | {per_second:.0} | {query:.1} | {:.2} | {:.2} | \
+                     {overhead:.2} | {:.2} % | {:.2} % | {:.1} | {} | {} |",
+                    p.name(),
+                    micros(t.acquire) / n,
+                    micros(t.release) / n,
+                    overhead / 1000.0 * 100.0,
+                    overhead / query * 100.0,
+                    micros(t.waits.quantile(0.99)),
+                    match &t.first_error {
+                        Some(e) => format!("{} ({e})", t.errors),
+                        None => t.errors.to_string(),
+                    },
+                    t.stuck
+                );
+            }
+        }
+    }
+    eprintln!("\r\x1b[2KPostgreSQL mode{title} done");
+    out.push_str(
+        "\nThe no-pool row's \"acquire\" and \"release\" borrow a client the worker owns: \
+         the floor of the timing itself. With workers > size, acquire includes waiting \
+         for a connection.\n",
+    );
+    Ok((out, rates))
 }
