@@ -15,7 +15,7 @@ pub use driver::{
     Acquire, BuildError, Builder, ConnectError, Error, LeakReport, Manager, Metrics, Pool,
     PooledConnection, Runtime,
 };
-pub use machine::Status;
+pub use machine::{Shed, Status};
 
 pub mod driver;
 pub mod machine;
@@ -31,7 +31,9 @@ pub mod sim;
 #[macro_export]
 macro_rules! adapter_types {
     ($runtime:ty, $name:literal) => {
-        pub use $crate::{BuildError, ConnectError, Error, LeakReport, Manager, Metrics, Status};
+        pub use $crate::{
+            BuildError, ConnectError, Error, LeakReport, Manager, Metrics, Shed, Status,
+        };
 
         #[doc = concat!("A pool running on ", $name, ".")]
         pub type Pool<M> = $crate::Pool<M, $runtime>;

@@ -11,9 +11,11 @@
 //! The test harness plays the driver and carries a small reference model: it knows where
 //! every connection is (held by a task, idle or granted inside the machine, closing, closed,
 //! detached), the FIFO of waiters and their deadlines, every lease and when it was taken,
-//! pending opens and closes, and the connect failure streak. From that it predicts each
-//! step's outcome (which waiter is woken and why, whether an acquire is ready, waiting,
-//! timed out or closed, the reason of every close, leak and reclaim reports) and checks the
+//! pending opens and closes, the connect failure streak, and the load-shedding interval
+//! (`ARCHITECTURE.md`, "Overload": the shortest wait served in it, whether the pool is
+//! overloaded). From that it predicts each step's outcome (which waiter is woken and why,
+//! whether an acquire is ready, waiting, refused for want of room, timed out or closed,
+//! which waiters are shed, the reason of every close, leak and reclaim reports) and checks the
 //! machine's status counts against its own. After every step it checks the eight invariants
 //! of `ARCHITECTURE.md`, "Invariants" (see [`Harness::check_invariants`]) and that `poll_timeout()` is never later
 //! than a deadline the model knows about. Every case then ends with a well-behaved driver
@@ -198,6 +200,11 @@ enum WState {
     Failed {
         waiting: usize,
     },
+    /// Shed as the pool was overloaded, with the pool's waiting count then.
+    Shed {
+        at: Instant,
+        waiting: usize,
+    },
     Closed,
 }
 
@@ -244,6 +251,10 @@ struct Ctx {
     /// The waiters the step must time out (or fail, after a fatal connect error), in this
     /// order.
     expect_timeouts: VecDeque<WaiterId>,
+    /// The waiters `handle_timeout` must shed, after the time-outs, in this order, and the
+    /// number waiting they report.
+    expect_shed: VecDeque<WaiterId>,
+    shed_waiting: usize,
     /// The connection handed to the machine and its acceptable fates.
     inflight: Option<(Conn, Vec<Fate>)>,
     fate: Option<Fate>,
@@ -300,6 +311,11 @@ struct Harness {
     backoff_ceil: Option<Instant>,
     /// `handle_timeout` was called at or after `backoff_ceil` since the last failure.
     backoff_over: bool,
+    /// Load shedding: when the current queue interval ends (`None` before the first), the
+    /// shortest wait served in it, and whether the last interval left the pool overloaded.
+    interval_end: Option<Instant>,
+    min_wait: Option<Duration>,
+    overloaded: bool,
     /// How often each kind of event happened, to check that the generator reaches them.
     stats: BTreeMap<&'static str, u64>,
 }
@@ -338,6 +354,9 @@ impl Harness {
             backoff_floor: None,
             backoff_ceil: None,
             backoff_over: false,
+            interval_end: None,
+            min_wait: None,
+            overloaded: false,
             stats: BTreeMap::new(),
         };
         let mut ctx = h.ctx(Kind::Plain);
@@ -365,6 +384,8 @@ impl Harness {
             expect_noop: false,
             timeout_called: false,
             expect_timeouts: VecDeque::new(),
+            expect_shed: VecDeque::new(),
+            shed_waiting: 0,
             inflight: None,
             fate: None,
             any_action: false,
@@ -444,6 +465,55 @@ impl Harness {
             .filter(|(_, info)| filter(&info.state))
             .map(|(w, _)| *w)
             .collect()
+    }
+
+    /// How long waiters wait before they are shed, while the pool is overloaded.
+    fn shed_after(&self) -> Option<Duration> {
+        self.config
+            .queue_target
+            .filter(|_| self.overloaded)
+            .map(|t| t * 2)
+    }
+
+    /// The model of the queue interval (`ARCHITECTURE.md`, "Overload"): an interval ends at
+    /// the first served wait, queueing or `handle_timeout` at or after its end. It leaves the
+    /// pool overloaded if the shortest wait served in it exceeded the target, or, with
+    /// nobody served, if the oldest waiter (queued at `head`) had waited longer.
+    fn roll(&mut self, head: Option<Instant>) {
+        let Some(target) = self.config.queue_target else {
+            return;
+        };
+        let now = self.now;
+        match self.interval_end {
+            Some(end) if now < end => return,
+            Some(_) => {
+                let observed = self.min_wait.take().or(head.map(|t| now - t));
+                let was = self.overloaded;
+                self.overloaded = observed.is_some_and(|w| w > target);
+                match (was, self.overloaded) {
+                    (false, true) if self.min_wait.is_none() && head.is_some() => {
+                        self.hit("overloaded")
+                    }
+                    (true, false) => self.hit("overload over"),
+                    _ => {}
+                }
+                if self.overloaded && observed != head.map(|t| now - t) {
+                    self.hit("overloaded by served waits");
+                }
+            }
+            None => {}
+        }
+        self.interval_end = Some(now + self.config.queue_interval);
+    }
+
+    /// A task got a connection after waiting `wait` (zero: at once, or it went idle).
+    fn observe(&mut self, wait: Duration) {
+        if self.config.queue_target.is_none() {
+            return;
+        }
+        let head = self.queue.front().map(|w| self.waiters[w].enqueued);
+        self.roll(head);
+        self.min_wait = Some(self.min_wait.map_or(wait, |m| m.min(wait)));
     }
 
     fn pick<T: Copy>(items: &[T], sel: usize) -> Option<T> {
@@ -538,6 +608,16 @@ impl Harness {
                             !self.waiters.contains_key(&w) && !self.dead_waiters.contains(&w),
                             "acquire reused waiter id {w:?}"
                         );
+                        ensure!(
+                            self.config
+                                .max_waiters
+                                .is_none_or(|max| self.queue.len() < max),
+                            "acquire waits with {} waiting, max_waiters {:?}",
+                            self.queue.len(),
+                            self.config.max_waiters
+                        );
+                        let head = self.queue.front().map(|w| self.waiters[w].enqueued);
+                        self.roll(head);
                         self.waiters.insert(
                             w,
                             WInfo {
@@ -611,6 +691,32 @@ impl Harness {
                             before.waiting + 1
                         );
                         self.hit("acquire fails fast");
+                        ctx.lease_idle = Some(None);
+                    }
+                    Err(AcquireError::Exhausted(status)) => {
+                        let before = ctx.before;
+                        ensure!(
+                            !must_ready,
+                            "acquire refused while a fresh idle connection exists"
+                        );
+                        ensure!(
+                            self.config
+                                .max_waiters
+                                .is_some_and(|max| self.queue.len() >= max),
+                            "acquire refused with {} waiting, max_waiters {:?}",
+                            self.queue.len(),
+                            self.config.max_waiters
+                        );
+                        ensure!(
+                            deadline.is_none_or(|d| d > now),
+                            "a due deadline is a time-out, not a refusal"
+                        );
+                        ensure!(
+                            status == self.m.status() && status.waiting == before.waiting,
+                            "refusal reports {status:?}, the pool is {:?}",
+                            self.m.status()
+                        );
+                        self.hit("acquire refused: queue full");
                         ctx.lease_idle = Some(None);
                     }
                     Err(e) => return Err(format!("acquire failed with {e:?}")),
@@ -705,6 +811,7 @@ impl Harness {
                     WState::Queued
                     | WState::TimedOut { .. }
                     | WState::Failed { .. }
+                    | WState::Shed { .. }
                     | WState::Closed => {}
                 }
             }
@@ -982,6 +1089,7 @@ impl Harness {
         info.loc = Loc::Task;
         self.idle_order.retain(|x| *x != c);
         self.push_task(lease, c)?;
+        self.observe(Duration::ZERO);
         self.hit("lease idle");
         ctx.lease_idle = Some(Some(c));
         Ok(())
@@ -1054,6 +1162,29 @@ impl Harness {
                 self.remove_waiter(w);
                 ctx.expect_noop = true;
             }
+            (Err(AcquireError::Shed(shed)), WState::Shed { at, waiting }) => {
+                self.hit("take shed");
+                let waited = at.saturating_duration_since(enqueued);
+                ensure!(
+                    shed.waited == waited,
+                    "shed after {:?}, expected {waited:?}",
+                    shed.waited
+                );
+                ensure!(
+                    Some(shed.queue_target) == self.config.queue_target
+                        && shed.queue_interval == self.config.queue_interval,
+                    "shed reports target {:?} and interval {:?}",
+                    shed.queue_target,
+                    shed.queue_interval
+                );
+                ensure!(
+                    shed.status.waiting == waiting && shed.status.idle == 0,
+                    "shed reports {:?}, {waiting} were waiting and none idle",
+                    shed.status
+                );
+                self.remove_waiter(w);
+                ctx.expect_noop = true;
+            }
             (Err(AcquireError::Closed), WState::Closed) => {
                 self.hit("take closed");
                 self.remove_waiter(w);
@@ -1079,6 +1210,23 @@ impl Harness {
                 .copied()
                 .filter(|w| self.waiters[w].deadline.is_some_and(|d| d <= now))
                 .collect();
+            // Then the interval ends if it is due, judged by the waiters left, and while
+            // overloaded every one that has waited twice the target is shed.
+            let survivors: Vec<WaiterId> = self
+                .queue
+                .iter()
+                .copied()
+                .filter(|w| !ctx.expect_timeouts.contains(w))
+                .collect();
+            let head = survivors.first().map(|w| self.waiters[w].enqueued);
+            self.roll(head);
+            if let Some(after) = self.shed_after() {
+                ctx.shed_waiting = survivors.len();
+                ctx.expect_shed = survivors
+                    .into_iter()
+                    .filter(|w| now - self.waiters[w].enqueued >= after)
+                    .collect();
+            }
         } else {
             self.hit("handle_timeout no-op");
             ctx.expect_noop = true;
@@ -1277,6 +1425,30 @@ impl Harness {
                     info.state = WState::Closed;
                 }
             }
+            Kind::Timeout if ctx.expect_timeouts.is_empty() => {
+                // Shedding: never while a connection is idle; only the waiters past twice
+                // the target, in FIFO order, the rest keeping their places (`queue` stays
+                // the reference for every later grant).
+                let expected = ctx.expect_shed.pop_front();
+                ensure!(
+                    expected == Some(w),
+                    "handle_timeout woke {w:?}, expected the shedding of {expected:?}"
+                );
+                ensure!(
+                    self.idle_order.is_empty(),
+                    "{w:?} shed while {:?} are idle",
+                    self.idle_order
+                );
+                self.queue.retain(|q| *q != w);
+                self.hit("waiter shed");
+                if !self.queue.is_empty() {
+                    self.hit("waiter shed, others keep waiting");
+                }
+                let waiting = ctx.shed_waiting;
+                if let Some(info) = self.waiters.get_mut(&w) {
+                    info.state = WState::Shed { at: now, waiting };
+                }
+            }
             Kind::Timeout => {
                 let expected = ctx.expect_timeouts.pop_front();
                 ensure!(
@@ -1307,6 +1479,10 @@ impl Harness {
             Kind::Plain => {
                 // Invariant 8: nothing is granted after close. Invariant 4: FIFO.
                 ensure!(!self.closed, "Wake of {w:?} (a grant) after close");
+                if let Some(head) = self.queue.front() {
+                    let wait = now - self.waiters[head].enqueued;
+                    self.observe(wait);
+                }
                 let head = self.queue.pop_front();
                 ensure!(
                     head == Some(w),
@@ -1349,6 +1525,7 @@ impl Harness {
                     info.loc = Loc::Idle;
                     info.idle_since = now;
                     self.idle_order.push(c);
+                    self.observe(Duration::ZERO);
                     Fate::Idle
                 }
             };
@@ -1362,6 +1539,11 @@ impl Harness {
             ctx.expect_timeouts.is_empty(),
             "waiters past their deadline not timed out: {:?}",
             ctx.expect_timeouts
+        );
+        ensure!(
+            ctx.expect_shed.is_empty(),
+            "waiters of an overloaded queue past twice the target not shed: {:?}",
+            ctx.expect_shed
         );
         if ctx.kind == Kind::Close {
             ensure!(self.queue.is_empty(), "waiters still queued after close");
@@ -1554,6 +1736,20 @@ impl Harness {
             "opened beyond max_size: {s:?}"
         );
 
+        // The bound on waiters.
+        ensure!(
+            self.config.max_waiters.is_none_or(|max| s.waiting <= max),
+            "{} waiting, max_waiters {:?}",
+            s.waiting,
+            self.config.max_waiters
+        );
+        ensure!(
+            self.m.is_overloaded() == self.overloaded,
+            "is_overloaded() is {}, the model says {}",
+            self.m.is_overloaded(),
+            self.overloaded
+        );
+
         // Invariant 2: no waiter waits while a connection is idle.
         ensure!(
             s.waiting == 0 || s.idle == 0,
@@ -1596,6 +1792,15 @@ impl Harness {
                     d.is_none_or(|d| d > now),
                     "{w:?} still waits past its deadline after handle_timeout"
                 );
+            }
+            if let Some(after) = self.shed_after() {
+                for w in &self.queue {
+                    let waited = now - self.waiters[w].enqueued;
+                    ensure!(
+                        waited < after,
+                        "{w:?} waited {waited:?} in an overloaded queue, not shed"
+                    );
+                }
             }
             for t in self.tasks.iter().filter(|t| !t.reclaimed) {
                 let held = now - t.since;
@@ -1664,6 +1869,17 @@ impl Harness {
             }
             if let (Some(d), true) = (self.config.idle_timeout, self.idle_order.len() > min_idle) {
                 due.push((info.idle_since + d, format!("idle timeout of {c}")));
+            }
+        }
+        if let (Some(end), false) = (self.interval_end, self.queue.is_empty()) {
+            due.push((end, "end of the queue interval".into()));
+        }
+        if let Some(after) = self.shed_after() {
+            for w in &self.queue {
+                due.push((
+                    self.waiters[w].enqueued + after,
+                    format!("shedding of {w:?}"),
+                ));
             }
         }
         if let (Some(ceil), false, true) = (self.backoff_ceil, self.closed, self.streak > 0) {
@@ -1763,11 +1979,26 @@ fn config_strategy() -> impl Strategy<Value = Config> {
                 proptest::option::of(10u64..3_000),
                 proptest::option::of(1u64..3_000),
                 (1u64..300, 1u64..=16),
+                (
+                    proptest::option::of(1u64..100),
+                    5u64..500,
+                    proptest::option::of(1usize..=6),
+                ),
                 any::<u64>(),
             )
         })
         .prop_map(
-            |(max, min_idle, idle, life, leak, reclaim, (base, factor), seed)| {
+            |(
+                max,
+                min_idle,
+                idle,
+                life,
+                leak,
+                reclaim,
+                (base, factor),
+                (target, interval, max_waiters),
+                seed,
+            )| {
                 let mut c = Config::new(max);
                 c.min_idle = min_idle;
                 c.idle_timeout = idle.map(ms);
@@ -1777,6 +2008,9 @@ fn config_strategy() -> impl Strategy<Value = Config> {
                 c.reclaim_after = reclaim.map(|extra| ms(leak.unwrap_or(0) + extra));
                 c.backoff_base = ms(base);
                 c.backoff_max = ms(base * factor);
+                c.queue_target = target.map(ms);
+                c.queue_interval = ms(interval);
+                c.max_waiters = max_waiters;
                 c.seed = seed;
                 c
             },
@@ -1925,6 +2159,13 @@ fn generator_reaches_every_event() {
         "acquire fails fast",
         "failure of a connect in flight with the last",
         "success of a connect in flight with the last failure",
+        "acquire refused: queue full",
+        "overloaded",
+        "overloaded by served waits",
+        "overload over",
+        "waiter shed",
+        "waiter shed, others keep waiting",
+        "take shed",
     ];
     let missing: Vec<_> = expected
         .iter()

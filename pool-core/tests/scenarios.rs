@@ -1112,7 +1112,7 @@ fn a_connect_result_for_an_unknown_slot_is_rejected_with_its_connection() {
 #[test]
 fn invalid_configs_are_errors_naming_the_field() {
     type Edit = fn(&mut Config);
-    let cases: [(&str, Edit); 13] = [
+    let cases: [(&str, Edit); 17] = [
         ("max_size", |c| c.max_size = 0),
         ("max_size", |c| c.max_size = MAX_SIZE_LIMIT + 1),
         ("min_idle", |c| c.min_idle = c.max_size + 1),
@@ -1140,6 +1140,10 @@ fn invalid_configs_are_errors_naming_the_field() {
             c.backoff_max = secs(1);
         }),
         ("backoff_max", |c| c.backoff_max = Duration::ZERO),
+        ("queue_target", |c| c.queue_target = Some(Duration::ZERO)),
+        ("queue_target", |c| c.queue_target = Some(Duration::MAX)),
+        ("queue_interval", |c| c.queue_interval = Duration::ZERO),
+        ("max_waiters", |c| c.max_waiters = Some(0)),
     ];
     for (field, edit) in cases {
         let mut config = Config::new(4);
@@ -1165,6 +1169,9 @@ fn invalid_configs_are_errors_naming_the_field() {
     config.reclaim_after = Some(secs(10));
     config.backoff_max = config.backoff_base;
     config.max_lifetime_jitter = secs(1799);
+    config.queue_target = Some(Duration::from_nanos(1));
+    config.queue_interval = Duration::from_nanos(1);
+    config.max_waiters = Some(1);
     assert_eq!(config.validate(), Ok(()));
 }
 
@@ -1494,4 +1501,265 @@ fn a_success_in_flight_with_the_first_failure_does_not_end_the_outage() {
         sim.log()
     );
     assert!((0..8).all(|t| holding(&sim, t)));
+}
+
+// ----- overload (ARCHITECTURE.md, "Overload") ------------------------------------------------
+
+/// What became of the requests of [`overload_run`].
+#[derive(Debug, Default)]
+struct OverloadOutcome {
+    /// (arrival, wait) of each request that got a connection.
+    served: Vec<(Duration, Duration)>,
+    /// (arrival, wait) of each request that was shed.
+    shed: Vec<(Duration, Duration)>,
+    /// Arrivals of the requests that timed out.
+    timed_out: Vec<Duration>,
+    /// The most tasks waiting at once.
+    peak_waiting: usize,
+}
+
+impl OverloadOutcome {
+    /// The waits of the requests served that arrived at or after `from`, sorted.
+    fn waits_from(&self, from: Duration) -> Vec<Duration> {
+        let mut waits: Vec<Duration> = self
+            .served
+            .iter()
+            .filter(|(at, _)| *at >= from)
+            .map(|(_, wait)| *wait)
+            .collect();
+        waits.sort_unstable();
+        waits
+    }
+}
+
+/// The database falls behind: a pool of 4 whose every request holds its connection 100 ms
+/// (40 a second at most), with a request arriving every 10 ms (100 a second) for 10 s, each
+/// willing to wait 5 s; shedding on with a 50 ms queue target and a 1 s interval, or off.
+fn overload_run(queue_target: Option<Duration>, max_waiters: Option<usize>) -> OverloadOutcome {
+    const REQUESTS: usize = 1_000;
+    let (every, hold, timeout) = (ms(10), ms(100), secs(5));
+    let mut config = quiet_config(4);
+    config.queue_target = queue_target;
+    config.queue_interval = secs(1);
+    config.max_waiters = max_waiters;
+    let mut sim = Sim::new(config);
+    sim.set_connect_latency(ms(10));
+    let start = sim.now() - sim.elapsed();
+    let arrival = |task: usize| every * u32::try_from(task).expect("few tasks");
+    let mut outcome = OverloadOutcome::default();
+    // Tasks that wait, and tasks that hold a connection until the instant given.
+    let mut waiting: Vec<usize> = Vec::new();
+    let mut holding: Vec<(usize, Duration)> = Vec::new();
+    let mut next = 0;
+    while next < REQUESTS || !waiting.is_empty() || !holding.is_empty() {
+        // The next thing a task does: arrive, or give its connection back.
+        let release = holding.iter().map(|(_, at)| *at).min();
+        let at = match release {
+            Some(r) if next >= REQUESTS || r <= arrival(next) => r,
+            _ => arrival(next),
+        };
+        advance_to(&mut sim, at);
+        if release == Some(at) {
+            let i = holding.iter().position(|(_, t)| *t == at).expect("due");
+            sim.release(holding.swap_remove(i).0);
+        } else {
+            sim.acquire(next, Some(timeout));
+            waiting.push(next);
+            next += 1;
+        }
+        outcome.peak_waiting = outcome.peak_waiting.max(sim.machine.status().waiting);
+        // What became of the waiting tasks, everything due up to now having been handled.
+        waiting.retain(|&task| match sim.task(task) {
+            Some(TaskState::Waiting(_)) => true,
+            Some(TaskState::Holding { since, .. }) => {
+                let got = *since - start;
+                outcome.served.push((arrival(task), got - arrival(task)));
+                holding.push((task, got + hold));
+                false
+            }
+            Some(TaskState::Failed(AcquireError::Shed(shed))) => {
+                outcome.shed.push((arrival(task), shed.waited));
+                false
+            }
+            Some(TaskState::Failed(AcquireError::TimedOut(_))) => {
+                outcome.timed_out.push(arrival(task));
+                false
+            }
+            Some(TaskState::Failed(AcquireError::Exhausted(_))) => false,
+            other => panic!("task {task}: {other:?}"),
+        });
+    }
+    outcome
+}
+
+/// The database is slower than the arrival rate. Without shedding the queue grows until
+/// every wait runs to the 5 s time-out and callers fail together; with a 50 ms queue target,
+/// from the second interval on the waits of the requests served are held between the target
+/// and twice it, those that would have waited longer fail at once, none times out, and the
+/// pool serves as many as it can (it never idles for want of a waiter).
+#[test]
+fn under_overload_shedding_holds_served_waits_near_the_target_instead_of_the_time_out() {
+    let target = ms(50);
+    let on = overload_run(Some(target), None);
+    let off = overload_run(None, None);
+    // The first interval (0-1 s) is served well (its first waits are the 10 ms connect), so
+    // shedding starts when the second one ends, at 2 s; count from 2 s on.
+    let (from, until) = (secs(2), secs(10));
+    let (waits_on, waits_off) = (on.waits_from(from), off.waits_from(from));
+    let median = |w: &[Duration]| w[w.len() / 2];
+    let max = |w: &[Duration]| *w.last().expect("some served");
+
+    // Without shedding: waits grow to the time-out, and callers time out.
+    assert!(
+        max(&waits_off) > secs(4) && median(&waits_off) > secs(3),
+        "without shedding the waits reach the time-out: median {:?}, max {:?}",
+        median(&waits_off),
+        max(&waits_off)
+    );
+    assert!(
+        off.timed_out.len() > 100,
+        "{} timed out",
+        off.timed_out.len()
+    );
+    assert!(off.shed.is_empty());
+
+    // With shedding: every request served from 2 s on waited at most twice the target, and
+    // most more than the target (the queue stays just long enough to keep the pool busy).
+    assert!(
+        max(&waits_on) <= target * 2,
+        "served waits held at twice the target: max {:?}",
+        max(&waits_on)
+    );
+    assert!(
+        median(&waits_on) > target && median(&waits_on) <= target * 2,
+        "served waits near the target: median {:?}",
+        median(&waits_on)
+    );
+    // Nobody waits for the time-out: the shed fail after twice the target (those queued
+    // before shedding started, at its start, after at most the 2 s they had waited).
+    assert!(on.timed_out.is_empty(), "{} timed out", on.timed_out.len());
+    assert!(on.shed.len() > 400, "{} shed", on.shed.len());
+    for (at, waited) in &on.shed {
+        assert!(
+            *waited >= target * 2,
+            "shed after {waited:?} (arrived at {at:?})"
+        );
+        assert!(
+            *waited <= secs(2),
+            "shed after {waited:?} (arrived at {at:?})"
+        );
+        if *at >= from {
+            assert!(
+                *waited <= target * 2 + ms(10),
+                "shed at once, not later: {waited:?} (arrived at {at:?})"
+            );
+        }
+    }
+    // The pool stays busy: at 100 ms a request, 4 connections serve 40 a second.
+    let served = |o: &OverloadOutcome| {
+        o.served
+            .iter()
+            .filter(|(at, wait)| *at + *wait >= from && *at + *wait < until)
+            .count()
+    };
+    assert!(
+        served(&on) >= 8 * 40 * 95 / 100,
+        "shedding leaves the pool busy: {} served from 2 s to 10 s",
+        served(&on)
+    );
+    assert!(served(&off) >= 8 * 40 * 95 / 100, "{}", served(&off));
+    // Every request is accounted for once.
+    for o in [&on, &off] {
+        assert_eq!(o.served.len() + o.shed.len() + o.timed_out.len(), 1_000);
+    }
+}
+
+/// A queue that makes no progress for a whole interval (every connection held far longer
+/// than the queue target) counts as overloaded once its oldest waiter has waited longer
+/// than the target: at the end of that interval every waiter past twice the target is shed
+/// at once, not at its deadline, and a later arrival is shed after twice the target.
+#[test]
+fn a_stalled_queue_sheds_its_old_waiters_at_the_end_of_the_interval() {
+    let mut config = quiet_config(1);
+    config.queue_target = Some(ms(50));
+    config.queue_interval = secs(1);
+    let mut sim = Sim::new(config);
+    sim.set_connect_latency(ms(10));
+    sim.acquire(0, None); // holds its connection throughout
+    sim.advance(ms(10));
+    assert!(holding(&sim, 0));
+    for task in 1..=3 {
+        sim.acquire(task, Some(secs(30)));
+        sim.advance(ms(300));
+    }
+    // At 1 s the first interval ends: task 0's wait of 10 ms was within the target.
+    advance_to(&mut sim, ms(1_000));
+    assert!((1..=3).all(|t| waiting(&sim, t)), "{:?}", sim.log());
+    assert!(!sim.machine.is_overloaded());
+    // At 2 s the second ends with nobody served; the oldest waiter has waited 1.69 s.
+    advance_to(&mut sim, ms(2_000));
+    assert!(sim.machine.is_overloaded());
+    for task in 1..=3 {
+        match failure(&sim, task) {
+            AcquireError::Shed(shed) => {
+                assert_eq!(shed.waited, ms(2_000) - ms(10 + 300 * (task as u64 - 1)));
+                assert_eq!(shed.status.waiting, 3);
+                assert_eq!(shed.status.in_use, 1);
+                let text = AcquireError::<SimError>::Shed(shed.clone()).to_string();
+                assert!(
+                    text.starts_with("shed after ") && text.contains("overloaded"),
+                    "{text}"
+                );
+                assert!(text.contains("50ms queue target"), "{text}");
+                assert!(text.contains("1 of 1 in use"), "{text}");
+            }
+            other => panic!("task {task}: {other:?}"),
+        }
+    }
+    // A newcomer is shed after exactly twice the target while the pool stays overloaded.
+    sim.acquire(4, Some(secs(30)));
+    sim.advance(ms(99));
+    assert!(waiting(&sim, 4));
+    sim.advance(ms(1));
+    assert!(matches!(failure(&sim, 4), AcquireError::Shed(s) if s.waited == ms(100)));
+    // Once a connection comes back with nobody waiting (a wait of zero), the next interval
+    // is not overloaded.
+    sim.release(0);
+    advance_to(&mut sim, ms(3_100));
+    sim.acquire(5, None);
+    assert!(holding(&sim, 5));
+    assert!(!sim.machine.is_overloaded(), "{:?}", sim.log());
+}
+
+/// With `max_waiters`, an acquire that would queue beyond the bound is refused at once with
+/// `Exhausted`, and the queue never grows past it; with shedding, the shed make room.
+#[test]
+fn max_waiters_refuses_acquires_beyond_the_bound_at_once() {
+    let mut m = M::new({
+        let mut c = quiet_config(1);
+        c.max_waiters = Some(2);
+        c
+    })
+    .expect("valid config");
+    let now = Instant::now();
+    let w1 = wait(&mut m, now);
+    let _w2 = wait(&mut m, now);
+    drain(&mut m);
+    match m.acquire(now, Some(now + secs(5))) {
+        Err(AcquireError::Exhausted(s)) => {
+            assert_eq!((s.waiting, s.opening), (2, 1), "{s:?}");
+        }
+        other => panic!("expected Exhausted, got {other:?}"),
+    }
+    assert!(drain(&mut m).is_empty(), "a refusal changes nothing");
+    assert_eq!(m.status().waiting, 2);
+    // Room again once a waiter leaves.
+    assert!(m.cancel(w1, now));
+    let _w3 = wait(&mut m, now);
+
+    // Under overload the queue is bounded and still drained by shedding.
+    let bounded = overload_run(Some(ms(50)), Some(8));
+    assert!(bounded.peak_waiting <= 8, "{}", bounded.peak_waiting);
+    assert!(!bounded.shed.is_empty());
+    assert!(bounded.timed_out.is_empty());
 }

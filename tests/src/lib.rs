@@ -63,6 +63,8 @@ macro_rules! conformance {
             panicking_check_has_broken_and_reset_close_the_connection,
             min_idle_counts_connections_parked_in_the_return_lane,
             after_a_burst_the_surplus_idles_out_while_one_connection_stays_in_use,
+            max_waiters_refuses_acquires_beyond_the_bound_at_once,
+            an_overloaded_pool_sheds_its_waiters_instead_of_timing_them_out,
         );
     };
     (@tests $rt:ty, $block_on:path; $($name:ident),+ $(,)?) => {

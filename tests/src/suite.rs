@@ -597,6 +597,24 @@ pub async fn build_rejects_bad_configuration<R: Runtime>() {
         field(builder(&rt).check_timeout(Duration::ZERO)),
         "check_timeout"
     );
+    assert_eq!(
+        field(builder(&rt).queue_target(Some(Duration::ZERO))),
+        "queue_target"
+    );
+    assert_eq!(
+        field(builder(&rt).queue_interval(Duration::ZERO)),
+        "queue_interval"
+    );
+    assert_eq!(field(builder(&rt).max_waiters(Some(0))), "max_waiters");
+    // Waiters would time out before they could be shed.
+    assert_eq!(
+        field(
+            builder(&rt)
+                .acquire_timeout(Some(second))
+                .queue_target(Some(second / 2))
+        ),
+        "queue_target"
+    );
     let e = builder(&rt)
         .max_size(0)
         .build()
@@ -1318,4 +1336,130 @@ pub async fn after_a_burst_the_surplus_idles_out_while_one_connection_stays_in_u
     .await;
     assert_eq!(pool.metrics().closed.idle_timeout, 3, "{:?}", pool.status());
     assert_eq!(pool.status().size, 1);
+}
+
+// ----- ARCHITECTURE.md, "Overload" ------------------------------------------------------------
+
+/// Awaits `future`, failing the test loudly if it does not finish within 5 s (a bound far
+/// beyond what the scenario needs, not a measurement).
+#[track_caller]
+fn within_5s<'a, R: Runtime, T: 'a>(
+    rt: &'a Counted<R>,
+    what: &'a str,
+    future: impl std::future::Future<Output = T> + 'a,
+) -> impl std::future::Future<Output = T> + 'a {
+    let caller = std::panic::Location::caller();
+    async move {
+        let limit = rt.sleep(Duration::from_secs(5));
+        futures::pin_mut!(future, limit);
+        match select(future, limit).await {
+            Either::Left((out, _)) => out,
+            Either::Right(_) => panic!("{what} (at {caller}) did not finish within 5 s"),
+        }
+    }
+}
+
+/// With `max_waiters`, an acquire that would queue beyond the bound fails at once (on its
+/// first poll) with `Exhausted` and the pool's status, and is counted; the tasks already
+/// waiting keep their places and are served, and room is made as they leave.
+pub async fn max_waiters_refuses_acquires_beyond_the_bound_at_once<R: Runtime>() {
+    use futures::FutureExt;
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(1).max_waiters(Some(2)));
+    let held = pool.get().await.expect("one connection");
+    let waiters: Vec<_> = (0..2)
+        .map(|_| {
+            let pool = pool.clone();
+            rt.spawn(async move {
+                pool.get_timeout(Duration::from_secs(10))
+                    .await
+                    .map(|c| c.id)
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    wait_until(&rt, || pool.status().waiting == 2).await;
+    match pool.get_timeout(Duration::from_secs(10)).now_or_never() {
+        Some(Err(Error::Exhausted(s))) => {
+            assert_eq!((s.waiting, s.in_use, s.max_size), (2, 1, 1), "{s:?}");
+        }
+        Some(other) => panic!("expected Exhausted, got {:?}", other.map(|c| c.id)),
+        None => panic!("the acquire beyond max_waiters waited"),
+    }
+    assert_eq!(pool.metrics().queue_full, 1);
+    assert_eq!(pool.status().waiting, 2, "the refusal took no place");
+    drop(held);
+    for waiter in waiters {
+        let id = within_5s(&rt, "a waiter within the bound", waiter)
+            .await
+            .expect("task ran");
+        assert_eq!(id, Ok(1), "served by the one connection");
+    }
+    drop(pool.get().await.expect("room again"));
+    assert_eq!(pool.metrics().timed_out, 0);
+    assert_settled(&rt, &pool).await;
+}
+
+/// Load shedding through the driver: a pool whose one connection is held throughout makes
+/// no progress, so at the end of the first interval in which nobody was served the pool is
+/// overloaded, and its waiters, which have waited more than twice the queue target, fail at
+/// once with `Error::Shed` (and a message that says so and shows the pool), long before
+/// their 10 s deadline; a newcomer is shed after twice the target. The maintenance task
+/// wakes for these deadlines. Once the connection comes back, acquires are served again.
+pub async fn an_overloaded_pool_sheds_its_waiters_instead_of_timing_them_out<R: Runtime>() {
+    let rt = runtime::<R>();
+    let target = Duration::from_millis(20);
+    let pool = build(
+        builder(&rt)
+            .max_size(1)
+            .acquire_timeout(Some(Duration::from_secs(10)))
+            .queue_target(Some(target))
+            .queue_interval(Duration::from_millis(100)),
+    );
+    let held = pool.get().await.expect("one connection");
+    let spawn_waiter = || {
+        let pool = pool.clone();
+        rt.spawn(async move {
+            match pool.get().await {
+                Ok(conn) => Err(format!("served {}", conn.id)),
+                Err(e) => Ok((e.is_shed(), e.to_string(), e.status())),
+            }
+        })
+    };
+    let waiters: Vec<_> = (0..2).map(|_| spawn_waiter()).collect();
+    for waiter in waiters {
+        let (shed, message, status) = within_5s(&rt, "shedding a stalled queue", waiter)
+            .await
+            .expect("task ran")
+            .expect("the waiter failed");
+        assert!(shed, "shed, not timed out: {message}");
+        assert!(
+            message.starts_with("shed after ") && message.contains("overloaded"),
+            "{message}"
+        );
+        assert!(message.contains("20ms queue target"), "{message}");
+        assert!(message.contains("1 of 1 in use"), "{message}");
+        let status = status.expect("a shed error carries the pool's status");
+        assert_eq!((status.in_use, status.max_size), (1, 1));
+        assert!(status.waiting >= 1);
+    }
+    // Still overloaded: a newcomer is shed after twice the target, by the pool's account.
+    let late = within_5s(&rt, "shedding a newcomer", pool.get())
+        .await
+        .map(|c| c.id)
+        .expect_err("shed");
+    let Error::Shed(shed) = &late else {
+        panic!("expected Shed, got {late}");
+    };
+    assert!(shed.waited >= target * 2, "{late}");
+    assert_eq!(shed.queue_target, target);
+    let metrics = pool.metrics();
+    assert_eq!((metrics.shed, metrics.timed_out), (3, 0), "{metrics:?}");
+    // The connection comes back: served again at once.
+    drop(held);
+    let conn = within_5s(&rt, "an acquire after the overload", pool.get())
+        .await
+        .expect("served once the connection is back");
+    drop(conn);
+    assert_settled(&rt, &pool).await;
 }

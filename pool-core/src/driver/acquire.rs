@@ -253,6 +253,10 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                                 state.metrics.failed_fast += 1;
                                 Some(waker)
                             }
+                            Err(AcquireError::Exhausted(_)) => {
+                                state.metrics.queue_full += 1;
+                                Some(waker)
+                            }
                             Err(_) => Some(waker),
                         };
                         (outcome, unused)
@@ -293,6 +297,7 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                             }
                             Err(AcquireError::TimedOut(_)) => state.metrics.timed_out += 1,
                             Err(AcquireError::ConnectFailed(..)) => state.metrics.failed_fast += 1,
+                            Err(AcquireError::Shed(_)) => state.metrics.shed += 1,
                             Err(_) => {}
                         }
                         outcome
@@ -312,6 +317,8 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                             match &e {
                                 Error::TimedOut(t) => tracing::warn!("{t}"),
                                 Error::ConnectFailed(..) => tracing::warn!("{e}"),
+                                // Overload sheds many at once: counted, logged quietly.
+                                Error::Shed(_) => tracing::debug!("{e}"),
                                 _ => {}
                             }
                             return Poll::Ready(Err(e));
@@ -353,6 +360,7 @@ impl<M: Manager, R: Runtime> Acquire<'_, M, R> {
             }
             AcquireError::Exhausted(s) => Error::Exhausted(s),
             AcquireError::ConnectFailed(e, s) => Error::ConnectFailed(e, s),
+            AcquireError::Shed(shed) => Error::Shed(shed),
             // A waiter the machine no longer knows was resolved already; from the caller's
             // view the pool has nothing for it, which only happens once it is closed.
             _ => Error::Closed,

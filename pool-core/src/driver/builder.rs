@@ -26,7 +26,9 @@ impl<M: Manager, R: Runtime> Builder<M, R> {
     /// A builder with the defaults: `max_size` 10, no `min_idle`, 10 min idle timeout,
     /// 30 min max lifetime, 30 s acquire timeout, 10 s connect timeout, checkout check
     /// bypassed for connections used in the last 500 ms and bounded by 5 s, 5 s reset
-    /// timeout, back-off between failed connects from 50 ms up to 200 ms, no leak detection.
+    /// timeout, back-off between failed connects from 50 ms up to 200 ms, no leak detection,
+    /// no load shedding (with a [`queue_target`](Self::queue_target), a 1 s
+    /// [`queue_interval`](Self::queue_interval)), no bound on the number of waiters.
     pub fn new(manager: M) -> Self {
         Self {
             manager,
@@ -164,6 +166,86 @@ impl<M: Manager, R: Runtime> Builder<M, R> {
         self
     }
 
+    /// Opt-in load shedding: when the database falls behind the arrival rate, fail the
+    /// waiters of an overloaded queue early with [`Error::Shed`](super::Error::Shed) instead
+    /// of letting every caller wait its whole acquire timeout and fail with the rest.
+    ///
+    /// `target` is the wait a task should get a connection within. If no acquire in a whole
+    /// [`queue_interval`](Self::queue_interval) got one within it, the pool counts as
+    /// overloaded for the next interval, and every waiter that has waited twice `target`
+    /// fails at once; the others keep their places and are served within about twice the
+    /// target, until waits fall again. This is the CoDel scheme of Elixir's DBConnection
+    /// (`queue_target`, `queue_interval`). `None`, the default, never sheds; 50 ms,
+    /// DBConnection's default, suits queries of a few milliseconds.
+    ///
+    /// ```no_run
+    /// # async fn run<M: pool_core::Manager, R: pool_core::Runtime>(manager: M) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use pool_core::{Error, Pool};
+    ///
+    /// let pool = Pool::<M, R>::builder(manager)
+    ///     .queue_target(Some(Duration::from_millis(50)))
+    ///     .queue_interval(Duration::from_secs(1))
+    ///     .build()?;
+    /// match pool.get().await {
+    ///     Ok(conn) => { /* use it */ }
+    ///     // Overloaded: answer "busy, retry later" now rather than after the time-out.
+    ///     Err(Error::Shed(shed)) => eprintln!("{shed}"),
+    ///     Err(e) => return Err(e.into()),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// [`build`](Self::build) refuses a zero target, and one whose double is not shorter
+    /// than the [`acquire_timeout`](Self::acquire_timeout) (every waiter would time out
+    /// before it could be shed).
+    pub fn queue_target(mut self, target: Option<Duration>) -> Self {
+        self.config.queue_target = target;
+        self
+    }
+
+    /// How long waits must all stay above the [`queue_target`](Self::queue_target) before
+    /// the pool counts as overloaded, and how often that is decided again (default 1 s; zero
+    /// is refused). Without a queue target it does nothing.
+    ///
+    /// ```
+    /// # fn configure<M: pool_core::Manager, R: pool_core::Runtime>(b: pool_core::Builder<M, R>) -> pool_core::Builder<M, R> {
+    /// use std::time::Duration;
+    /// // Shed once waits stayed above 20 ms for half a second.
+    /// b.queue_target(Some(Duration::from_millis(20)))
+    ///     .queue_interval(Duration::from_millis(500))
+    /// # }
+    /// ```
+    pub fn queue_interval(mut self, interval: Duration) -> Self {
+        self.config.queue_interval = interval;
+        self
+    }
+
+    /// The most tasks that may wait for a connection at once: an acquire that finds no idle
+    /// connection while this many wait fails at once with
+    /// [`Error::Exhausted`](super::Error::Exhausted), the pool's status in it, instead of
+    /// queueing. `None`, the default, puts no bound on the queue; zero is refused
+    /// ([`Pool::try_get`] is the acquire that never waits).
+    ///
+    /// ```no_run
+    /// # async fn run<M: pool_core::Manager, R: pool_core::Runtime>(manager: M) -> Result<(), Box<dyn std::error::Error>> {
+    /// use pool_core::{Error, Pool};
+    ///
+    /// // At most 64 tasks queue for the 16 connections; the 65th is refused at once.
+    /// let pool = Pool::<M, R>::builder(manager)
+    ///     .max_size(16)
+    ///     .max_waiters(Some(64))
+    ///     .build()?;
+    /// if let Err(Error::Exhausted(status)) = pool.get().await {
+    ///     eprintln!("too busy: {status}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn max_waiters(mut self, max: Option<usize>) -> Self {
+        self.config.max_waiters = max;
+        self
+    }
+
     /// The seed of the pool's jitter (lifetimes, back-off), for reproducible runs.
     pub fn seed(mut self, seed: u64) -> Self {
         self.config.seed = seed;
@@ -198,6 +280,18 @@ impl<M: Manager, R: Runtime> Builder<M, R> {
                 "must not be zero: every acquire would fail at once and no connection would ever open (use try_get for an acquire that never waits, or None to wait without limit)".into(),
             )
             .into());
+        }
+        if let (Some(target), Some(timeout)) =
+            (self.config.queue_target, self.settings.acquire_timeout)
+        {
+            let shed_at = target.saturating_mul(2);
+            if shed_at >= timeout {
+                return Err(ConfigError::new(
+                    "queue_target",
+                    format!("is {target:?}, so waiters would be shed after {shed_at:?}, but the acquire timeout ({timeout:?}) ends every wait sooner: the target must be less than half the acquire timeout"),
+                )
+                .into());
+            }
         }
         let mut settings = self.settings;
         // Backtraces serve leak reports only: without a threshold there are none to serve.

@@ -63,6 +63,9 @@ impl ClockPolicy {
             reclaim_after,
             backoff_base: _, // connects and their failures always read the clock
             backoff_max: _,
+            queue_target,
+            queue_interval: _, // only with a queue target
+            max_waiters: _,    // counts waiters, never looks at the time
             seed: _,
         } = config;
         let Settings {
@@ -85,7 +88,11 @@ impl ClockPolicy {
                 || *min_idle > 0
                 || bypass,
             lane_lend: lifetime || bypass,
-            give_back: lifetime || idle_timeout.is_some() || bypass,
+            // Load shedding measures the wait of the waiter a returned connection goes to
+            // (a connection going idle is a wait of zero, which needs no time, but the give-
+            // back cannot know beforehand which it will be). A lease from the machine never
+            // waited, and a lend from the lane never reaches the machine: neither needs it.
+            give_back: lifetime || idle_timeout.is_some() || bypass || queue_target.is_some(),
             epoch,
         }
     }
@@ -216,7 +223,7 @@ mod tests {
         const G: Step = Step::GiveBack;
         // Each feature, and the steps that look at the time for it (the table this policy
         // derives; see `Step` for what each step reads the time for).
-        let features: [(&str, Configure, &[Step]); 8] = [
+        let features: [(&str, Configure, &[Step]); 10] = [
             ("nothing", |b| b, &[]),
             (
                 "max_lifetime",
@@ -252,6 +259,12 @@ mod tests {
                 |b| b.acquire_timeout(Some(Duration::from_secs(3600))),
                 &[],
             ),
+            (
+                "load shedding",
+                |b| b.queue_target(Some(Duration::from_millis(50))),
+                &[G],
+            ),
+            ("a bound on waiters", |b| b.max_waiters(Some(4)), &[]),
         ];
         let mut reading = 0;
         for (feature, configure, needing) in features {

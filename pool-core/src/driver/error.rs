@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::machine::{ConfigError, Status, TimedOut};
+use crate::machine::{ConfigError, Shed, Status, TimedOut};
 
 /// Why a connect failed, as kept for time-out reports.
 #[derive(Debug)]
@@ -59,12 +59,19 @@ pub enum Error<E> {
     TimedOut(TimedOut<Arc<ConnectError<E>>>),
     /// The pool is closed.
     Closed,
-    /// [`try_get`](super::Pool::try_get) found no idle connection.
+    /// [`try_get`](super::Pool::try_get) found no idle connection, or an acquire found none
+    /// while [`max_waiters`](super::Builder::max_waiters) tasks were already waiting: the
+    /// pool's status.
     Exhausted(Status),
     /// A connect failed with an error that cannot heal by waiting (see
     /// [`Manager::is_fatal`](super::Manager::is_fatal)): the error, and the pool's status
     /// when it arrived.
     ConnectFailed(Arc<ConnectError<E>>, Status),
+    /// The pool is overloaded (see [`queue_target`](super::Builder::queue_target)): no
+    /// acquire in the last queue interval got a connection within the queue target, and
+    /// this one had waited twice the target, so it failed at once rather than at its
+    /// deadline. Carries how long it waited, the settings and the pool's status then.
+    Shed(Shed),
 }
 
 impl<E> Error<E> {
@@ -73,10 +80,16 @@ impl<E> Error<E> {
         matches!(self, Self::TimedOut(_))
     }
 
+    /// Whether this is [`Error::Shed`]: the pool is overloaded and failed the acquire early.
+    pub fn is_shed(&self) -> bool {
+        matches!(self, Self::Shed(_))
+    }
+
     /// The pool's status when the error arose, where the error carries one.
     pub fn status(&self) -> Option<Status> {
         match self {
             Self::TimedOut(t) => Some(t.status),
+            Self::Shed(shed) => Some(shed.status),
             Self::Exhausted(s) | Self::ConnectFailed(_, s) => Some(*s),
             Self::Closed => None,
         }
@@ -93,6 +106,7 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
                 f,
                 "cannot open a connection, and waiting will not help: {e} ({s})"
             ),
+            Self::Shed(shed) => shed.fmt(f),
         }
     }
 }

@@ -18,6 +18,10 @@ pub struct Metrics {
     pub wait_max: Duration,
     /// Acquires that timed out.
     pub timed_out: u64,
+    /// Acquires shed because the pool was overloaded ([`Error::Shed`](super::Error::Shed)).
+    pub shed: u64,
+    /// Acquires refused at once because `max_waiters` tasks were already waiting.
+    pub queue_full: u64,
     /// Connects that succeeded.
     pub connects_ok: u64,
     /// Connects that failed or timed out.

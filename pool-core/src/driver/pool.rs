@@ -42,7 +42,11 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
     /// The future resolves to [`Error::TimedOut`] (with how long it waited, the pool's state
     /// and the last connect error) once the acquire timeout passes, whatever was running then
     /// (a connect, a checkout check); to [`Error::ConnectFailed`] at once if connects fail with
-    /// an error that waiting cannot heal (see [`Manager::is_fatal`]); or to [`Error::Closed`].
+    /// an error that waiting cannot heal (see [`Manager::is_fatal`]); to [`Error::Shed`] early,
+    /// with load shedding on ([`Builder::queue_target`](super::Builder::queue_target)), if
+    /// the pool is overloaded; to [`Error::Exhausted`] at once if
+    /// [`max_waiters`](super::Builder::max_waiters) tasks already wait; or to
+    /// [`Error::Closed`].
     ///
     /// # Panics
     /// The future panics if polled again after it completed.

@@ -39,6 +39,25 @@ pub struct Config {
     /// half of it). The default, 200 ms, serves again within 200 ms of a restart with at
     /// most 10 attempts a second.
     pub backoff_max: Duration,
+    /// Opt-in load shedding (CoDel-style queue management, after Elixir's DBConnection):
+    /// the wait a task should get a connection within. If no acquire in a whole
+    /// [`queue_interval`](Self::queue_interval) got one within it (every wait that ended in
+    /// a connection took longer, or nobody was served and the oldest waiter had already
+    /// waited longer), the pool is overloaded for the next interval: every waiter that has
+    /// waited twice this long fails at once with
+    /// [`AcquireError::Shed`](super::AcquireError::Shed) instead of waiting on to its
+    /// deadline, so the waiters that stay are served within about twice the target. `None`,
+    /// the default, never sheds; 50 ms (DBConnection's default) suits a pool in front of
+    /// queries of a few milliseconds. See `ARCHITECTURE.md`, "Overload".
+    pub queue_target: Option<Duration>,
+    /// How long waits must all stay above [`queue_target`](Self::queue_target) before the
+    /// pool counts as overloaded, and how often that is decided again (default 1 s). Used
+    /// only with a `queue_target`.
+    pub queue_interval: Duration,
+    /// The most tasks that may wait for a connection at once: an acquire that would wait
+    /// beyond it fails at once with [`AcquireError::Exhausted`](super::AcquireError::Exhausted).
+    /// `None`, the default, puts no bound on the queue.
+    pub max_waiters: Option<usize>,
     /// The seed of the machine's jitter, so a run replays exactly.
     pub seed: u64,
 }
@@ -56,6 +75,9 @@ impl Config {
             reclaim_after: None,
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_millis(200),
+            queue_target: None,
+            queue_interval: Duration::from_secs(1),
+            max_waiters: None,
             seed: 0x5eed_0f00_9001,
         }
     }
@@ -125,6 +147,33 @@ impl Config {
                     "is {:?} but must not be shorter than backoff_base ({:?})",
                     self.backoff_max, self.backoff_base
                 ),
+            ));
+        }
+        if let Some(target) = self.queue_target {
+            if target.is_zero() {
+                return Err(ConfigError::new(
+                    "queue_target",
+                    "must not be zero: every waiter would be shed (use None to turn shedding off)"
+                        .into(),
+                ));
+            }
+            if target.checked_mul(2).is_none() {
+                return Err(ConfigError::new(
+                    "queue_target",
+                    format!("is {target:?}, too long to double (use None to turn shedding off)"),
+                ));
+            }
+        }
+        if self.queue_interval.is_zero() {
+            return Err(ConfigError::new(
+                "queue_interval",
+                "must not be zero".into(),
+            ));
+        }
+        if self.max_waiters == Some(0) {
+            return Err(ConfigError::new(
+                "max_waiters",
+                "must be at least 1: an acquire that finds no idle connection could never wait for one, nor have one opened for it (use None for no bound; try_get is the acquire that never waits)".into(),
             ));
         }
         Ok(())

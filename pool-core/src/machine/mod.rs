@@ -22,7 +22,8 @@
 //!    [`poll_timeout`](Machine::poll_timeout), the instant by which
 //!    [`handle_timeout`](Machine::handle_timeout) must be called next.
 //! 4. **Getters**: [`status`](Machine::status), [`is_closed`](Machine::is_closed),
-//!    [`is_drained`](Machine::is_drained), [`config`](Machine::config).
+//!    [`is_drained`](Machine::is_drained), [`is_overloaded`](Machine::is_overloaded),
+//!    [`config`](Machine::config).
 //!
 //! ```
 //! use std::time::{Duration, Instant};
@@ -46,11 +47,13 @@
 //!
 //! This file holds the machine's state and its public interface; each concern behind it has
 //! a file of its own: `slots.rs` (the units of `max_size` and their states), `waiters.rs`
-//! (the FIFO of waiting tasks), `timers.rs` (deadlines and back-off), `rng.rs` (jitter),
+//! (the FIFO of waiting tasks), `timers.rs` (deadlines and back-off), `overload.rs` (load
+//! shedding and the bound on waiters), `rng.rs` (jitter),
 //! `config.rs` and `types.rs` (the vocabulary of the interface). The invariants the machine
 //! keeps are listed, with the tests that check them, in `ARCHITECTURE.md`, "Invariants".
 
 mod config;
+mod overload;
 mod rng;
 mod slots;
 mod timers;
@@ -63,13 +66,14 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+use overload::Overload;
 use rng::SplitMix64;
 use slots::{Slot, SlotState};
 use waiters::{Queue, Waiter, WaiterState};
 
 pub use config::{Config, ConfigError, MAX_SIZE_LIMIT};
 pub use types::{
-    AcquireError, Acquired, Action, CloseReason, Failure, Lease, LeaseId, Rejected, Release,
+    AcquireError, Acquired, Action, CloseReason, Failure, Lease, LeaseId, Rejected, Release, Shed,
     SlotId, Status, TimedOut, WaiterId,
 };
 
@@ -107,6 +111,8 @@ pub struct Machine<C, E> {
     /// A lower bound of the earliest deadline: exact after `handle_timeout`, lowered by every
     /// input that adds a deadline, never raised before the next `handle_timeout`.
     next_timeout: Option<Instant>,
+    /// Load shedding (`overload.rs`), inert without a `queue_target`.
+    overload: Overload,
     rng: SplitMix64,
 }
 
@@ -140,6 +146,7 @@ impl<C, E> Machine<C, E> {
             fatal: false,
             fatal_error: None,
             next_timeout: None,
+            overload: Overload::default(),
         };
         machine.replenish(None);
         Ok(machine)
@@ -220,7 +227,10 @@ impl<C, E> Machine<C, E> {
     ///
     /// # Errors
     /// [`AcquireError::Closed`] after [`close`](Self::close); [`AcquireError::TimedOut`] if no
-    /// connection is idle and `deadline` is not after `now`.
+    /// connection is idle and `deadline` is not after `now`; [`AcquireError::ConnectFailed`]
+    /// if only a connect could serve it and the last one failed fatally (see
+    /// [`handle_connect_failed`](Self::handle_connect_failed)); [`AcquireError::Exhausted`]
+    /// if no connection is idle and [`Config::max_waiters`] tasks already wait.
     pub fn acquire(
         &mut self,
         now: Instant,
@@ -254,7 +264,16 @@ impl<C, E> Machine<C, E> {
                 return Err(AcquireError::ConnectFailed(error, status));
             }
         }
+        if self
+            .config
+            .max_waiters
+            .is_some_and(|max| self.queue.len >= max)
+        {
+            return Err(AcquireError::Exhausted(self.status()));
+        }
+        self.roll_interval(now);
         let waiter = self.enqueue(now, deadline);
+        self.note_waiter_overload_deadlines(now);
         self.replenish(Some(now));
         Ok(Acquired::Waiting(waiter))
     }
@@ -281,8 +300,10 @@ impl<C, E> Machine<C, E> {
     /// done and its id becomes unknown.
     ///
     /// # Errors
-    /// [`AcquireError::TimedOut`] once its deadline passed, [`AcquireError::Closed`] once the
-    /// machine closed, [`AcquireError::UnknownWaiter`] for an id already taken or cancelled.
+    /// [`AcquireError::TimedOut`] once its deadline passed, [`AcquireError::Shed`] once it
+    /// was shed as the pool was overloaded, [`AcquireError::ConnectFailed`] once a fatal
+    /// connect error failed it, [`AcquireError::Closed`] once the machine closed,
+    /// [`AcquireError::UnknownWaiter`] for an id already taken or cancelled.
     pub fn take(
         &mut self,
         waiter: WaiterId,
@@ -316,6 +337,10 @@ impl<C, E> Machine<C, E> {
                     status,
                     last_connect_error: self.last_connect_error.clone(),
                 }))
+            }
+            WaiterState::Shed { waited, status } => {
+                self.waiters.remove(waiter.index as usize);
+                Err(AcquireError::Shed(self.shed_error(waited, status)))
             }
             WaiterState::Failed { status } => {
                 self.waiters.remove(waiter.index as usize);
@@ -354,7 +379,10 @@ impl<C, E> Machine<C, E> {
                     }
                 }
             }
-            WaiterState::TimedOut { .. } | WaiterState::Failed { .. } | WaiterState::Closed => {
+            WaiterState::TimedOut { .. }
+            | WaiterState::Failed { .. }
+            | WaiterState::Shed { .. }
+            | WaiterState::Closed => {
                 self.waiters.remove(waiter.index as usize);
             }
         }
@@ -397,6 +425,7 @@ impl<C, E> Machine<C, E> {
                     slot.state = SlotState::Idle { conn, since: now };
                     self.in_use -= 1;
                     self.park_idle(index, now);
+                    self.observe_wait(now, Duration::ZERO);
                     return Ok(());
                 }
             }
@@ -547,9 +576,10 @@ impl<C, E> Machine<C, E> {
         true
     }
 
-    /// Time passed: resolves waiters past their deadline, reports leaks, reclaims abandoned
-    /// leases, closes connections past idle timeout (keeping `min_idle`) or max lifetime,
-    /// and opens connections once a back-off has passed.
+    /// Time passed: resolves waiters past their deadline, ends the queue interval and sheds
+    /// waiters while overloaded (see [`Config::queue_target`]), reports leaks, reclaims
+    /// abandoned leases, closes connections past idle timeout (keeping `min_idle`) or max
+    /// lifetime, and opens connections once a back-off has passed.
     ///
     /// A call before [`poll_timeout`](Self::poll_timeout)'s instant is a no-op.
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -558,6 +588,8 @@ impl<C, E> Machine<C, E> {
             _ => return,
         }
         self.expire_waiters(now);
+        self.roll_interval(now);
+        self.shed_waiters(now);
         self.scan_leases(now);
         self.reap_idle(now);
         if self.backoff_until.is_some_and(|t| t <= now) {
@@ -670,6 +702,7 @@ impl<C, E> fmt::Debug for Machine<C, E> {
             .field("closed", &self.closed)
             .field("failures", &self.failures)
             .field("backoff_until", &self.backoff_until)
+            .field("overloaded", &self.is_overloaded())
             .field("next_timeout", &self.next_timeout)
             .finish_non_exhaustive()
     }

@@ -2,7 +2,7 @@
 //! handing an available one to a waiter or to idle, closing, and reserving slots for
 //! connects (`replenish`).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Action, CloseReason, Lease, LeaseId, Machine, SlotId, WaiterState};
 
@@ -114,6 +114,7 @@ impl<C, E> Machine<C, E> {
                 SlotState::Idle { conn, .. } => {
                     self.in_use += 1;
                     self.note_lease_deadlines(now);
+                    self.observe_wait(now, Duration::ZERO);
                     return Some((
                         Lease {
                             id: LeaseId { index, serial },
@@ -163,12 +164,15 @@ impl<C, E> Machine<C, E> {
             return self.start_close(index, conn, reason);
         }
         if let Some(waiter) = self.queue.head {
+            let waited = now.saturating_duration_since(self.waiters[waiter as usize].enqueued);
+            self.observe_wait(now, waited);
             self.unlink(waiter);
             self.set_state(index, SlotState::Granted { conn });
             self.resolve(waiter, WaiterState::Granted { slot: index });
         } else {
             self.set_state(index, SlotState::Idle { conn, since: now });
             self.park_idle(index, now);
+            self.observe_wait(now, Duration::ZERO);
         }
     }
 

@@ -139,6 +139,7 @@ impl<C, E> Machine<C, E> {
         if !self.closed {
             note(self.backoff_until);
         }
+        note(self.overload_deadline());
         earliest
     }
 

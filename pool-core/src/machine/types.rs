@@ -256,6 +256,38 @@ impl<E: fmt::Display> fmt::Display for TimedOut<E> {
     }
 }
 
+/// A waiter failed at once because the pool is overloaded: no acquire in the last queue
+/// interval got a connection within the queue target, and this one had waited twice the
+/// target (see [`Config::queue_target`](super::Config::queue_target) and
+/// `ARCHITECTURE.md`, "Overload").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shed {
+    /// How long it waited.
+    pub waited: Duration,
+    /// The configured queue target (waiters are shed once they have waited twice this).
+    pub queue_target: Duration,
+    /// The configured queue interval.
+    pub queue_interval: Duration,
+    /// The pool as it was when the waiter was shed (the waiter itself counted as waiting).
+    pub status: Status,
+}
+
+impl fmt::Display for Shed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "shed after {:?} waiting for a connection: the pool is overloaded (no acquire in the \
+             last {:?} got a connection within the {:?} queue target, so waits past {:?} fail \
+             at once) ({})",
+            round_ms(self.waited),
+            self.queue_interval,
+            self.queue_target,
+            self.queue_target.saturating_mul(2),
+            self.status
+        )
+    }
+}
+
 /// Why an acquire or a [`take`](super::Machine::take) yields no connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -264,13 +296,18 @@ pub enum AcquireError<E> {
     Closed,
     /// The deadline passed first.
     TimedOut(TimedOut<E>),
-    /// A [`try_acquire`](super::Machine::try_acquire) found no idle connection.
+    /// A [`try_acquire`](super::Machine::try_acquire) found no idle connection, or an
+    /// [`acquire`](super::Machine::acquire) found none and
+    /// [`max_waiters`](super::Config::max_waiters) tasks already waiting: the pool's status.
     Exhausted(Status),
     /// The waiter id is not (or no longer) known: it was taken or cancelled already.
     UnknownWaiter(WaiterId),
     /// A connect failed with a [`Failure::Fatal`] error and no connection in use could
     /// serve this task: the error, and the pool as it was then (the task counted as waiting).
     ConnectFailed(E, Status),
+    /// The pool is overloaded and this waiter had waited twice the queue target: it was
+    /// failed at once rather than left to wait for its deadline (see [`Shed`]).
+    Shed(Shed),
 }
 
 impl<E: fmt::Display> fmt::Display for AcquireError<E> {
@@ -286,6 +323,7 @@ impl<E: fmt::Display> fmt::Display for AcquireError<E> {
                     "cannot open a connection, and waiting will not help ({s}): {e}"
                 )
             }
+            Self::Shed(shed) => shed.fmt(f),
         }
     }
 }

@@ -32,6 +32,12 @@ pub(super) enum WaiterState {
     Failed {
         status: Status,
     },
+    /// Shed by overload management (`overload.rs`) after waiting this long, with the pool
+    /// as it was then.
+    Shed {
+        waited: Duration,
+        status: Status,
+    },
     Closed,
 }
 
