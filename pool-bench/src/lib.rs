@@ -47,6 +47,7 @@ USAGE: pool-bench [OPTIONS]
   --pg-bouncer-url URL  also run the PostgreSQL mode through this PgBouncer (transaction
                         mode, in front of the same server) and report each pool's
                         throughput through it as a share of its direct throughput
+  --pg-reps N           runs per PostgreSQL cell, the median reported (default 1)
   --help                this text
 ";
 
@@ -83,6 +84,8 @@ pub struct Options {
     pub pg_url: String,
     /// A PgBouncer in front of the same server, to run the PostgreSQL mode through as well.
     pub pg_bouncer_url: Option<String>,
+    /// Runs per PostgreSQL cell.
+    pub pg_reps: usize,
     /// Whether this is the quick run.
     pub quick: bool,
 }
@@ -104,6 +107,7 @@ impl Default for Options {
             pg: false,
             pg_url: "host=127.0.0.1 port=5432 user=postgres dbname=test".into(),
             pg_bouncer_url: None,
+            pg_reps: 1,
             quick: false,
         }
     }
@@ -167,6 +171,9 @@ impl Options {
                     o.matrix = false;
                 }
                 "--pg-url" => o.pg_url = it.next().ok_or("--pg-url URL")?,
+                "--pg-reps" => {
+                    o.pg_reps = it.next().as_deref().and_then(num).ok_or("--pg-reps N")?;
+                }
                 "--pg-bouncer-url" => {
                     o.pg_bouncer_url = Some(it.next().ok_or("--pg-bouncer-url URL")?);
                 }

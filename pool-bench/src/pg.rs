@@ -470,7 +470,9 @@ fn micros(d: Duration) -> f64 {
 
 /// Runs the PostgreSQL mode and returns its markdown report: against `--pg-url`, then (with
 /// `--pg-bouncer-url`) through PgBouncer, and a table of each pool's throughput through
-/// PgBouncer as a share of its direct throughput.
+/// PgBouncer as a share of its direct throughput. With `--pg-reps N` every cell runs N
+/// times (all cells of a repetition, direct then through PgBouncer, before the next
+/// repetition) and the run with the median throughput is reported.
 ///
 /// # Errors
 /// A message if the database cannot be reached.
@@ -485,39 +487,103 @@ pub fn run(o: &Options) -> Result<String, String> {
     } else {
         Duration::from_secs(2)
     };
+    let mut targets = vec![(o.pg_url.as_str(), "")];
+    if let Some(url) = &o.pg_bouncer_url {
+        targets.push((url.as_str(), " through PgBouncer"));
+    }
     rt.block_on(async {
-        let (mut out, direct) = run_against(&o.pg_url, "", window).await?;
-        let Some(bouncer_url) = &o.pg_bouncer_url else {
-            return Ok(out);
-        };
-        let (section, bounced) = run_against(bouncer_url, " through PgBouncer", window).await?;
-        out.push_str(&section);
-        let _ = writeln!(
-            out,
-            "\n### Through PgBouncer as a share of direct\n\nQueries/s through `{bouncer_url}` \
-             and straight to `{}`, measured in this run.\n\n| query | workers | pool | direct q/s \
-             | through PgBouncer q/s | share |\n|---|---|---|---|---|---|",
-            o.pg_url
-        );
-        for (key, d) in &direct {
-            if let Some((_, b)) = bounced.iter().find(|(k, _)| k == key) {
-                let (sql, workers, pool) = key;
-                let _ = writeln!(
-                    out,
-                    "| `{sql}` | {workers} | {pool} | {d:.0} | {b:.0} | {:.0} % |",
-                    100.0 * b / d.max(1.0)
-                );
+        let mut versions = Vec::new();
+        for (url, _) in &targets {
+            versions.push(server_version(url).await?);
+        }
+        // Per target, per cell: the runs of every repetition.
+        let mut runs: Vec<Vec<(Cell, Vec<Totals>)>> = targets.iter().map(|_| Vec::new()).collect();
+        for rep in 0..o.pg_reps {
+            for (t, (url, title)) in targets.iter().enumerate() {
+                let config: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
+                for (sql, workers_list) in QUERIES {
+                    for &workers in workers_list {
+                        for p in PgPool::ALL {
+                            eprint!(
+                                "\r\x1b[2KPostgreSQL{title} (repetition {}/{}): {sql}, {workers} \
+                                 workers, {}",
+                                rep + 1,
+                                o.pg_reps,
+                                p.name()
+                            );
+                            let cell = (sql, workers, p);
+                            let result = run_one(p, &config, workers, SIZE, sql, window).await;
+                            let totals = result.unwrap_or_else(|e| Totals {
+                                errors: 1,
+                                first_error: Some(e),
+                                ..Totals::default()
+                            });
+                            match runs[t].iter_mut().find(|(c, _)| *c == cell) {
+                                Some((_, v)) => v.push(totals),
+                                None => runs[t].push((cell, vec![totals])),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        eprintln!("\r\x1b[2KPostgreSQL mode done");
+        let mut out = String::new();
+        let mut medians = Vec::new();
+        for (t, (url, title)) in targets.iter().enumerate() {
+            let cells: Vec<(Cell, Totals)> = runs[t]
+                .drain(..)
+                .map(|(cell, mut v)| {
+                    v.sort_by_key(|t| t.queries);
+                    let median = v.swap_remove(v.len() / 2);
+                    (cell, median)
+                })
+                .collect();
+            out.push_str(&report(url, title, &versions[t], o.pg_reps, window, &cells));
+            medians.push(cells);
+        }
+        if let (Some(direct), Some(bounced)) = (medians.first(), medians.get(1)) {
+            let _ = writeln!(
+                out,
+                "\n### Through PgBouncer as a share of direct\n\nQueries/s (median of {} runs) \
+                 through `{}` and straight to `{}`, measured in this run.\n\n| query | workers | \
+                 pool | direct q/s | through PgBouncer q/s | share |\n|---|---|---|---|---|---|",
+                o.pg_reps, targets[1].0, targets[0].0
+            );
+            for ((sql, workers, p), d) in direct {
+                if let Some((_, b)) = bounced.iter().find(|(c, _)| *c == (sql, *workers, *p)) {
+                    let (d, b) = (per_second(d, window), per_second(b, window));
+                    let _ = writeln!(
+                        out,
+                        "| `{sql}` | {workers} | {} | {d:.0} | {b:.0} | {:.0} % |",
+                        p.name(),
+                        100.0 * b / d.max(1.0)
+                    );
+                }
             }
         }
         Ok(out)
     })
 }
 
-/// Queries/s of one (query, workers, pool) cell.
-type Rates = Vec<((&'static str, usize, &'static str), f64)>;
+/// The pool size of every run.
+const SIZE: usize = 16;
 
-/// The PostgreSQL mode against one server (or pooler): its report and its rates.
-async fn run_against(url: &str, title: &str, window: Duration) -> Result<(String, Rates), String> {
+/// The queries, each with its worker counts.
+const QUERIES: [(&str, &[usize]); 2] = [
+    ("select 1", &[1, 16, 64]),
+    ("select pg_sleep(0.001)", &[1, 16]),
+];
+
+/// One cell of the mode: query, workers, pool.
+type Cell = (&'static str, usize, PgPool);
+
+fn per_second(t: &Totals, window: Duration) -> f64 {
+    t.queries as f64 / window.as_secs_f64()
+}
+
+/// The server's version, as it reports it (through a pooler too).
+async fn server_version(url: &str) -> Result<String, String> {
     let config: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
     let (client, connection) = config
         .connect(NoTls)
@@ -526,82 +592,71 @@ async fn run_against(url: &str, title: &str, window: Duration) -> Result<(String
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    let version = client
+    let rows = client
         .simple_query("show server_version")
         .await
-        .ok()
-        .and_then(|rows| {
-            rows.into_iter().find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
-                _ => None,
-            })
+        .map_err(|e| format!("show server_version ({url}): {e}"))?;
+    Ok(rows
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
         })
-        .unwrap_or_default();
-    drop(client);
-    let size = 16;
-    let mut rates = Rates::new();
+        .unwrap_or_default())
+}
+
+/// The markdown of one target's cells (each the median run).
+fn report(
+    url: &str,
+    title: &str,
+    version: &str,
+    reps: usize,
+    window: Duration,
+    cells: &[(Cell, Totals)],
+) -> String {
     let mut out = format!(
         "## PostgreSQL mode{title}\n\nPostgreSQL {version} at `{url}`; tokio multi-thread \
-         runtime, {THREADS} workers; pool size {size}; {window:?} per run; each query timed as \
-         acquire + query + release, where *overhead* = acquire + release (mean per query). \
-         Configurations:\n\n"
+         runtime, {THREADS} workers; pool size {SIZE}; {window:?} per run; each cell the run \
+         with the median throughput of {reps}; each query timed as acquire + query + release, \
+         where *overhead* = acquire + release (mean per query). Configurations:\n\n"
     );
     for p in PgPool::ALL {
         let _ = writeln!(out, "- `{}`: {}", p.name(), p.config());
     }
-    let runs: [(&'static str, &[usize]); 2] = [
-        ("select 1", &[1, 16, 64]),
-        ("select pg_sleep(0.001)", &[1, 16]),
-    ];
-    for (sql, workers_list) in runs {
+    for (sql, _) in QUERIES {
         let _ = writeln!(
             out,
             "\n### `{sql}`{title}\n\n| workers | pool | queries/s | query µs (mean) | acquire µs \
              | release µs | overhead µs | overhead / 1 ms | overhead / this query | \
              acquire p99 µs | errors | hung workers |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
-        for &workers in workers_list {
-            for p in PgPool::ALL {
-                eprint!(
-                    "\r\x1b[2KPostgreSQL{title}: {sql}, {workers} workers, {}",
-                    p.name()
-                );
-                let t = match run_one(p, &config, workers, size, sql, window).await {
-                    Ok(t) => t,
-                    Err(e) => {
-                        let _ = writeln!(out, "| {workers} | {} | failed: {e} |", p.name());
-                        continue;
-                    }
-                };
-                let n = t.queries.max(1) as f64;
-                let overhead = (micros(t.acquire) + micros(t.release)) / n;
-                let query = micros(t.query) / n;
-                let per_second = t.queries as f64 / window.as_secs_f64();
-                rates.push(((sql, workers, p.name()), per_second));
-                let _ = writeln!(
-                    out,
-                    "| {workers} | {} | {per_second:.0} | {query:.1} | {:.2} | {:.2} | \
-                     {overhead:.2} | {:.2} % | {:.2} % | {:.1} | {} | {} |",
-                    p.name(),
-                    micros(t.acquire) / n,
-                    micros(t.release) / n,
-                    overhead / 1000.0 * 100.0,
-                    overhead / query * 100.0,
-                    micros(t.waits.quantile(0.99)),
-                    match &t.first_error {
-                        Some(e) => format!("{} ({e})", t.errors),
-                        None => t.errors.to_string(),
-                    },
-                    t.stuck
-                );
-            }
+        for ((_, workers, p), t) in cells.iter().filter(|((s, _, _), _)| *s == sql) {
+            let n = t.queries.max(1) as f64;
+            let overhead = (micros(t.acquire) + micros(t.release)) / n;
+            let query = micros(t.query) / n;
+            let _ = writeln!(
+                out,
+                "| {workers} | {} | {:.0} | {query:.1} | {:.2} | {:.2} | {overhead:.2} | \
+                 {:.2} % | {:.2} % | {:.1} | {} | {} |",
+                p.name(),
+                per_second(t, window),
+                micros(t.acquire) / n,
+                micros(t.release) / n,
+                overhead / 1000.0 * 100.0,
+                overhead / query * 100.0,
+                micros(t.waits.quantile(0.99)),
+                match &t.first_error {
+                    Some(e) => format!("{} ({e})", t.errors),
+                    None => t.errors.to_string(),
+                },
+                t.stuck
+            );
         }
     }
-    eprintln!("\r\x1b[2KPostgreSQL mode{title} done");
     out.push_str(
         "\nThe no-pool row's \"acquire\" and \"release\" borrow a client the worker owns: \
          the floor of the timing itself. With workers > size, acquire includes waiting \
          for a connection.\n",
     );
-    Ok((out, rates))
+    out
 }

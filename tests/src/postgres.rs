@@ -2962,8 +2962,29 @@ pub async fn pgbouncer_survives_abandoned_queries<R: PgRuntime>() {
     let manager = PgManager::new(config.clone()).runtime(db.rt.clone());
     let pool = db.build(db.builder(manager).max_size(1));
     let sleep_sql = format!("select pg_sleep(3) -- {}", db.app);
+    // Another client through PgBouncer and its admin console (simple queries only), both
+    // connected before the first cancel: a PgBouncer that crashed would take them down.
+    let other = match PgManager::new(config.clone())
+        .runtime(db.rt.clone())
+        .connect()
+        .await
+    {
+        Ok(conn) => conn,
+        Err(e) => panic!("a second client through PgBouncer: {e}"),
+    };
+    let mut console = config.clone();
+    console.dbname("pgbouncer");
+    let console = match PgManager::new(console)
+        .runtime(db.rt.clone())
+        .connect()
+        .await
+    {
+        Ok(conn) => conn,
+        Err(e) => panic!("PgBouncer's admin console: {e}"),
+    };
     let mut waits = Vec::new();
-    for round in 0..20 {
+    let mut rounds = Vec::new();
+    for round in 1..=20 {
         abandon(&db, &pool, &sleep_sql).await;
         let asked = Instant::now();
         let conn = get(&pool).await;
@@ -2972,11 +2993,32 @@ pub async fn pgbouncer_survives_abandoned_queries<R: PgRuntime>() {
             .await
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
         assert!(next.outside_transaction, "round {round}: {next:?}");
+        drop(conn);
         waits.push(waited);
         assert!(
             waited < Duration::from_millis(500),
             "round {round}: the next borrower waited {waited:?} (the sleep had 2.7 s to go)"
         );
+        // PgBouncer after this round: the other client still connected and served, the
+        // console still answering.
+        let row = other
+            .query_typed_one("select $1", &[(&round, Type::INT4)])
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the second client's query: {e}"));
+        assert_eq!(row.get::<_, i32>(0), round);
+        let version = console
+            .simple_query("SHOW VERSION")
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: SHOW VERSION: {e}"))
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("round {round}: SHOW VERSION gave no row"));
+        rounds.push(format!(
+            "{round}: {waited:.1?}, {version} up, other client served"
+        ));
     }
     // Within 50 ms as a rule; a loaded machine (the suite runs its tests in parallel) may
     // stretch a round or two.
@@ -2993,51 +3035,16 @@ pub async fn pgbouncer_survives_abandoned_queries<R: PgRuntime>() {
         0,
         "no sleep left running"
     );
-    // Another client through PgBouncer.
-    let other = match PgManager::new(config.clone())
-        .runtime(db.rt.clone())
-        .connect()
-        .await
-    {
-        Ok(conn) => conn,
-        Err(e) => panic!("a second client through PgBouncer: {e}"),
-    };
-    let row = other
-        .query_typed_one("select $1", &[(&7_i32, Type::INT4)])
-        .await
-        .expect("a second client's query");
-    assert_eq!(row.get::<_, i32>(0), 7);
-    // The admin console (simple queries only).
-    let mut console = config.clone();
-    console.dbname("pgbouncer");
-    let console = match PgManager::new(console)
-        .runtime(db.rt.clone())
-        .connect()
-        .await
-    {
-        Ok(conn) => conn,
-        Err(e) => panic!("PgBouncer's admin console: {e}"),
-    };
-    let version = console
-        .simple_query("SHOW VERSION")
-        .await
-        .expect("SHOW VERSION");
-    let version = version
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .expect("a version row");
     let stats = pool.manager().stats();
     let mut sorted = waits.clone();
     sorted.sort();
     report(&format!(
-        "PgBouncer on {} ({version}): 20 abandoned sleeps; the next borrower waited {:?} (median) \
-         to {:?} (max); {stats:?}",
+        "PgBouncer on {}: 20 abandoned sleeps; the next borrower waited {:?} (median) to {:?} \
+         (max); {stats:?}; after each round (the next borrower's wait, PgBouncer's state): {}",
         db.rt_name,
         sorted[sorted.len() / 2],
-        sorted[sorted.len() - 1]
+        sorted[sorted.len() - 1],
+        rounds.join("; ")
     ));
     assert!(stats.cancels >= 20, "{stats:?}");
 }
