@@ -21,7 +21,9 @@
 //!
 //! Options: `--url` (else `POOL_TEST_DATABASE_URL`, else
 //! `postgres://postgres@127.0.0.1:5432/test`), `--reps` (3), `--requests` (4000),
-//! `--concurrency` (50), `--size` (16), `--rows` (10000: a few ms of CPU per query).
+//! `--concurrency` (50), `--size` (16), `--rows` (10000: a few ms of CPU per query), and
+//! `--tls`: this pool with the manager's default `sslmode=prefer` (TLS with a server that
+//! has it), the others plaintext as always; without it every pool is plaintext.
 //! Progress goes to stderr, the markdown table (median requests/s over the repetitions,
 //! the range in brackets, the ratio to this pool) to stdout.
 
@@ -50,6 +52,8 @@ struct Options {
     concurrency: usize,
     size: usize,
     rows: i64,
+    /// This pool over TLS (`sslmode=prefer`, its default) while the others stay plaintext.
+    tls: bool,
 }
 
 impl Options {
@@ -62,9 +66,14 @@ impl Options {
             concurrency: 50,
             size: 16,
             rows: 10_000,
+            tls: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
+            if flag == "--tls" {
+                o.tls = true;
+                continue;
+            }
             let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
             let number = || {
                 value
@@ -235,7 +244,13 @@ fn median(v: &mut [f64]) -> f64 {
 
 async fn run(o: &Options) -> Result<String, String> {
     let config: tokio_postgres::Config = o.url.parse().map_err(|e| format!("{e}"))?;
-    let ours = pool_tokio::Pool::builder(pool_postgres::PgManager::new(config.clone()))
+    // Plaintext like the others (`NoTls`): the manager's default, `sslmode=prefer`, would
+    // negotiate TLS with a server that has it, and pay for it on these 2 cores.
+    let manager = pool_postgres::PgManager::new(config.clone()).ssl_mode(match o.tls {
+        true => pool_postgres::SslMode::Prefer,
+        false => pool_postgres::SslMode::Disable,
+    });
+    let ours = pool_tokio::Pool::builder(manager)
         .max_size(o.size)
         .build()
         .map_err(|e| e.to_string())?;
@@ -303,8 +318,17 @@ async fn run(o: &Options) -> Result<String, String> {
     let _ = writeln!(
         md,
         "`ab -k -c {} -n {}` x {} repetitions, pool size {}, each request \
-         `query_one(\"{SQL}\", &[&{}])`; tokio multi-thread runtime, hyper http1.\n",
-        o.concurrency, o.requests, o.reps, o.size, o.rows
+         `query_one(\"{SQL}\", &[&{}])`; tokio multi-thread runtime, hyper http1; {}.\n",
+        o.concurrency,
+        o.requests,
+        o.reps,
+        o.size,
+        o.rows,
+        if o.tls {
+            "this pool over TLS (sslmode=prefer, its default), the others plaintext"
+        } else {
+            "every pool plaintext"
+        }
     );
     let _ = writeln!(
         md,

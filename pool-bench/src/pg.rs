@@ -93,9 +93,9 @@ impl PgPool {
             }
             Self::OursPg => {
                 "pool-postgres's PgManager with its defaults (Check::Ping past the pool's \
-                 500 ms bypass window, Reset::Rollback, the protocol tracker) and \
-                 Statements::Unnamed; max_size=size, acquire_timeout=None, the pool's other \
-                 defaults"
+                 500 ms bypass window, Reset::Rollback, the protocol tracker), \
+                 Statements::Unnamed and SslMode::Disable (plaintext, like the others' NoTls); \
+                 max_size=size, acquire_timeout=None, the pool's other defaults"
             }
             Self::Bb8 => {
                 "max_size=size, test_on_check_out=false, idle_timeout=None, \
@@ -376,8 +376,11 @@ async fn run_one(
             drive(repeat(pool, workers), size, sql, window).await
         }
         PgPool::OursPg => {
+            // Plaintext like every other contender here (they connect with `NoTls`); the
+            // manager's default, `sslmode=prefer`, would negotiate TLS with a server that has it.
             let manager = pool_postgres::PgManager::new(config.clone())
-                .statements(pool_postgres::Statements::Unnamed);
+                .statements(pool_postgres::Statements::Unnamed)
+                .ssl_mode(pool_postgres::SslMode::Disable);
             let pool = pool_tokio::Pool::builder(manager)
                 .max_size(size)
                 .acquire_timeout(None)
