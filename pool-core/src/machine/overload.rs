@@ -161,19 +161,10 @@ impl<C, E> Machine<C, E> {
             return;
         };
         let status = self.status();
-        let mut cursor = self.queue.head;
-        while let Some(index) = cursor {
-            let waiter = &self.waiters[index as usize];
-            cursor = match waiter.state {
-                WaiterState::Queued { next, .. } => next,
-                _ => None,
-            };
+        self.resolve_queued(|waiter| {
             let waited = now.saturating_duration_since(waiter.enqueued);
-            if waited >= after {
-                self.unlink(index);
-                self.resolve(index, WaiterState::Shed { waited, status });
-            }
-        }
+            (waited >= after).then_some(WaiterState::Shed { waited, status })
+        });
     }
 
     /// The error of a shed waiter.

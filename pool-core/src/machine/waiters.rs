@@ -155,6 +155,20 @@ impl<C, E> Machine<C, E> {
     pub(super) fn expire_waiters(&mut self, now: Instant) {
         // Every waiter timing out now reports the pool as it was at this instant.
         let status = self.status();
+        self.resolve_queued(|waiter| {
+            waiter.deadline.is_some_and(|d| d <= now).then(|| {
+                let waited = now.saturating_duration_since(waiter.enqueued);
+                WaiterState::TimedOut { waited, status }
+            })
+        });
+    }
+
+    /// Walks the queue in order and resolves each waiter `decide` gives an outcome, taking
+    /// it out of the queue; the others keep their places.
+    pub(super) fn resolve_queued(
+        &mut self,
+        mut decide: impl FnMut(&Waiter) -> Option<WaiterState>,
+    ) {
         let mut cursor = self.queue.head;
         while let Some(index) = cursor {
             let waiter = &self.waiters[index as usize];
@@ -162,10 +176,9 @@ impl<C, E> Machine<C, E> {
                 WaiterState::Queued { next, .. } => next,
                 _ => None,
             };
-            if waiter.deadline.is_some_and(|d| d <= now) {
-                let waited = now.saturating_duration_since(waiter.enqueued);
+            if let Some(outcome) = decide(waiter) {
                 self.unlink(index);
-                self.resolve(index, WaiterState::TimedOut { waited, status });
+                self.resolve(index, outcome);
             }
         }
     }
