@@ -66,6 +66,7 @@ impl ClockPolicy {
             queue_target,
             queue_interval: _, // only with a queue target
             max_waiters: _,    // counts waiters, never looks at the time
+            self_wait_error: _, // compares tasks, never looks at the time
             seed: _,
         } = config;
         let Settings {

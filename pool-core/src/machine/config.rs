@@ -58,6 +58,12 @@ pub struct Config {
     /// beyond it fails at once with [`AcquireError::Exhausted`](super::AcquireError::Exhausted).
     /// `None`, the default, puts no bound on the queue.
     pub max_waiters: Option<usize>,
+    /// Refuse at once (with [`AcquireError::Deadlock`](super::AcquireError::Deadlock), not
+    /// `certain`) an acquire that would wait while its task holds a lease acquired in the
+    /// same context, instead of only reporting it (see
+    /// [`Machine::acquire_by`](super::Machine::acquire_by)). Default `false`. A certain
+    /// deadlock fails at once either way.
+    pub self_wait_error: bool,
     /// The seed of the machine's jitter, so a run replays exactly.
     pub seed: u64,
 }
@@ -78,6 +84,7 @@ impl Config {
             queue_target: None,
             queue_interval: Duration::from_secs(1),
             max_waiters: None,
+            self_wait_error: false,
             seed: 0x5eed_0f00_9001,
         }
     }

@@ -55,6 +55,7 @@
 mod config;
 mod overload;
 mod rng;
+mod selfwait;
 mod slots;
 mod timers;
 mod types;
@@ -73,8 +74,8 @@ use waiters::{Queue, Waiter, WaiterState};
 
 pub use config::{Config, ConfigError, MAX_SIZE_LIMIT};
 pub use types::{
-    AcquireError, Acquired, Action, CloseReason, Failure, Lease, LeaseId, Rejected, Release, Shed,
-    SlotId, Status, TimedOut, WaiterId,
+    AcquireError, Acquired, Action, Caller, CloseReason, Deadlock, Failure, Lease, LeaseId,
+    Rejected, Release, Shed, SlotId, Status, TaskId, TimedOut, WaiterId,
 };
 
 /// The pool state machine, generic over the connection `C` and the connect error `E`.
@@ -239,6 +240,41 @@ impl<C, E> Machine<C, E> {
     where
         E: Clone,
     {
+        self.acquire_by(now, deadline, None, |_| None)
+    }
+
+    /// [`acquire`](Self::acquire) by a known task (`caller`), with `holders` saying who holds
+    /// each outstanding lease (the driver keeps that outside the machine, since leases
+    /// change hands without it: see `ARCHITECTURE.md`, "A task waiting on itself").
+    /// Whoever holds a lease is asked only when the caller would wait.
+    ///
+    /// If the caller would wait while it holds a lease (a **self-wait**), the waiter
+    /// remembers the lease ([`self_wait`](Self::self_wait)), and:
+    ///
+    /// - if that makes a **certain deadlock**, the acquire fails at once with
+    ///   [`AcquireError::Deadlock`] (`certain`), and so does every queued waiter whose task
+    ///   holds a lease: every lease out is held, in the context it was acquired in
+    ///   ([`Caller::context`]), by a task that waits in that same context, nothing is
+    ///   opening, closing or idle, the pool is at its size, and no lease can be reclaimed.
+    ///   Nothing can then ever come back, and failing those waiters is what lets their
+    ///   tasks give their connections back;
+    /// - otherwise, with [`Config::self_wait_error`], when the caller holds a lease acquired
+    ///   in the context it would wait in, it fails at once with [`AcquireError::Deadlock`]
+    ///   (not `certain`);
+    /// - otherwise it waits as usual.
+    ///
+    /// # Errors
+    /// As [`acquire`](Self::acquire), and [`AcquireError::Deadlock`] as above.
+    pub fn acquire_by(
+        &mut self,
+        now: Instant,
+        deadline: Option<Instant>,
+        caller: Option<Caller>,
+        holders: impl Fn(LeaseId) -> Option<Caller>,
+    ) -> Result<Acquired<C>, AcquireError<E>>
+    where
+        E: Clone,
+    {
         if self.closed {
             return Err(AcquireError::Closed);
         }
@@ -264,6 +300,10 @@ impl<C, E> Machine<C, E> {
                 return Err(AcquireError::ConnectFailed(error, status));
             }
         }
+        let self_wait = match caller {
+            Some(caller) => self.self_wait_check(caller, &holders)?,
+            None => None,
+        };
         if self
             .config
             .max_waiters
@@ -272,7 +312,7 @@ impl<C, E> Machine<C, E> {
             return Err(AcquireError::Exhausted(self.status()));
         }
         self.roll_interval(now);
-        let waiter = self.enqueue(now, deadline);
+        let waiter = self.enqueue(now, deadline, caller, self_wait);
         self.note_waiter_overload_deadlines(now);
         self.replenish(Some(now));
         Ok(Acquired::Waiting(waiter))
@@ -303,7 +343,9 @@ impl<C, E> Machine<C, E> {
     /// [`AcquireError::TimedOut`] once its deadline passed, [`AcquireError::Shed`] once it
     /// was shed as the pool was overloaded, [`AcquireError::ConnectFailed`] once a fatal
     /// connect error failed it, [`AcquireError::Closed`] once the machine closed,
-    /// [`AcquireError::UnknownWaiter`] for an id already taken or cancelled.
+    /// [`AcquireError::Deadlock`] once a certain deadlock failed it (see
+    /// [`acquire_by`](Self::acquire_by)), [`AcquireError::UnknownWaiter`] for an id already
+    /// taken or cancelled.
     pub fn take(
         &mut self,
         waiter: WaiterId,
@@ -350,6 +392,14 @@ impl<C, E> Machine<C, E> {
                     None => Err(AcquireError::Closed),
                 }
             }
+            WaiterState::Deadlocked { held, status } => {
+                self.waiters.remove(waiter.index as usize);
+                Err(AcquireError::Deadlock(Deadlock {
+                    held,
+                    certain: true,
+                    status,
+                }))
+            }
             WaiterState::Closed => {
                 self.waiters.remove(waiter.index as usize);
                 Err(AcquireError::Closed)
@@ -382,6 +432,7 @@ impl<C, E> Machine<C, E> {
             WaiterState::TimedOut { .. }
             | WaiterState::Failed { .. }
             | WaiterState::Shed { .. }
+            | WaiterState::Deadlocked { .. }
             | WaiterState::Closed => {
                 self.waiters.remove(waiter.index as usize);
             }
