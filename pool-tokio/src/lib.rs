@@ -113,6 +113,12 @@ impl pool_core::Runtime for Tokio {
         tokio::time::Instant::now().into_std()
     }
 
+    /// `tokio::task::try_id()`: a thread-local read; `None` outside a task (in
+    /// `block_on`, on the blocking pool).
+    fn current_task(&self) -> Option<pool_core::TaskId> {
+        tokio::task::try_id().and_then(|id| pool_core::TaskId::from_display(&id))
+    }
+
     fn poll_budget(&self, cx: &mut Context<'_>) -> Poll<()> {
         tokio::task::coop::poll_proceed(cx).map(|restore| restore.made_progress())
     }
