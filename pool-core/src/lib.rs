@@ -12,8 +12,8 @@
 #![warn(missing_docs)]
 
 pub use driver::{
-    Acquire, BuildError, Builder, ConnectError, DeadlockError, Error, LeakReport, Manager,
-    Metrics, Pool, PooledConnection, Runtime,
+    Acquire, BuildError, Builder, ConnectError, DeadlockError, Error, LeakReport, Manager, Metrics,
+    Pool, PooledConnection, Runtime,
 };
 pub use machine::{Shed, Status, TaskId};
 

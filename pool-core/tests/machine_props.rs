@@ -2398,8 +2398,8 @@ mod self_wait {
     use std::time::{Duration, Instant};
 
     use pool_core::machine::{
-        AcquireError, Acquired, Action, Caller, Config, Failure, Lease, LeaseId, Machine,
-        Release, SlotId, TaskId, WaiterId,
+        AcquireError, Acquired, Action, Caller, Config, Failure, Lease, LeaseId, Machine, Release,
+        SlotId, TaskId, WaiterId,
     };
     use proptest::prelude::*;
 
@@ -2414,17 +2414,38 @@ mod self_wait {
     #[derive(Debug, Clone)]
     pub(super) enum Op {
         /// An acquire by task `t` in context `c` (unnamed if `named` is false).
-        Acquire { t: u8, c: u8, named: bool },
-        ConnectOk { sel: usize },
-        ConnectFail { sel: usize },
-        Release { sel: usize },
+        Acquire {
+            t: u8,
+            c: u8,
+            named: bool,
+        },
+        ConnectOk {
+            sel: usize,
+        },
+        ConnectFail {
+            sel: usize,
+        },
+        Release {
+            sel: usize,
+        },
         /// The lease's guard is used by task `t` (the driver forgets the context).
-        Move { sel: usize, t: u8 },
+        Move {
+            sel: usize,
+            t: u8,
+        },
         /// The lease's guard is made owned, or used outside any task: nobody's.
-        Forget { sel: usize },
-        Cancel { sel: usize },
-        CloseDone { sel: usize },
-        Tick { ms: u64 },
+        Forget {
+            sel: usize,
+        },
+        Cancel {
+            sel: usize,
+        },
+        CloseDone {
+            sel: usize,
+        },
+        Tick {
+            ms: u64,
+        },
     }
 
     pub(super) fn op() -> impl Strategy<Value = Op> {
@@ -2443,8 +2464,12 @@ mod self_wait {
     }
 
     pub(super) fn config() -> impl Strategy<Value = Config> {
-        (1..=3usize, prop::bool::ANY, prop::option::weighted(0.2, 50..500u64)).prop_map(
-            |(max, refuse, reclaim)| {
+        (
+            1..=3usize,
+            prop::bool::ANY,
+            prop::option::weighted(0.2, 50..500u64),
+        )
+            .prop_map(|(max, refuse, reclaim)| {
                 let mut config = Config::new(max);
                 config.idle_timeout = None;
                 config.max_lifetime = None;
@@ -2454,8 +2479,7 @@ mod self_wait {
                 config.reclaim_after = reclaim.map(Duration::from_millis);
                 config.self_wait_error = refuse;
                 config
-            },
-        )
+            })
     }
 
     struct Harness {
@@ -2499,12 +2523,14 @@ mod self_wait {
             {
                 return false;
             }
-            self.leases.iter().all(|(lease, _)| match self.holder(lease.id()) {
-                Some(h) if h.context.is_some() => {
-                    h == newcomer || self.queued.values().any(|w| *w == Some(h))
-                }
-                _ => false,
-            })
+            self.leases
+                .iter()
+                .all(|(lease, _)| match self.holder(lease.id()) {
+                    Some(h) if h.context.is_some() => {
+                        h == newcomer || self.queued.values().any(|w| *w == Some(h))
+                    }
+                    _ => false,
+                })
         }
 
         fn drain(&mut self) -> Result<(), String> {
@@ -2513,7 +2539,10 @@ mod self_wait {
                     Action::Open { slot } => self.opens.push(slot),
                     Action::Close { slot, .. } => self.closes.push(slot),
                     Action::Wake { waiter } => {
-                        let who = self.queued.remove(&waiter).ok_or("woke an unknown waiter")?;
+                        let who = self
+                            .queued
+                            .remove(&waiter)
+                            .ok_or("woke an unknown waiter")?;
                         match self.m.take(waiter, self.now) {
                             Ok(Some((lease, conn))) => {
                                 if let Some(who) = who {
@@ -2557,7 +2586,9 @@ mod self_wait {
                             .map(|(l, _)| l.id())
                     });
                     let holds_same = who.is_some_and(|w| {
-                        self.leases.iter().any(|(l, _)| self.holder(l.id()) == Some(w))
+                        self.leases
+                            .iter()
+                            .any(|(l, _)| self.holder(l.id()) == Some(w))
                     });
                     // Queued waiters whose caller holds a lease: those a deadlock fails.
                     let doomed: BTreeSet<WaiterId> = self
@@ -2565,7 +2596,9 @@ mod self_wait {
                         .iter()
                         .filter(|(_, w)| {
                             w.is_some_and(|w| {
-                                self.leases.iter().any(|(l, _)| self.holder(l.id()) == Some(w))
+                                self.leases
+                                    .iter()
+                                    .any(|(l, _)| self.holder(l.id()) == Some(w))
                             })
                         })
                         .map(|(id, _)| *id)
@@ -2590,7 +2623,9 @@ mod self_wait {
                                 return Err("a certain deadlock was left waiting".into());
                             }
                             if self.m.config().self_wait_error && holds_same {
-                                return Err("self_wait_error let a same-context self-wait wait".into());
+                                return Err(
+                                    "self_wait_error let a same-context self-wait wait".into()
+                                );
                             }
                             let noted = self.m.self_wait(w);
                             if noted.is_some() != holds_any.is_some() {
@@ -2649,8 +2684,12 @@ mod self_wait {
                 }
                 Op::ConnectFail { sel } if !self.opens.is_empty() => {
                     let slot = self.opens.remove(sel % self.opens.len());
-                    self.m
-                        .handle_connect_failed(slot, "refused".into(), Failure::Transient, self.now);
+                    self.m.handle_connect_failed(
+                        slot,
+                        "refused".into(),
+                        Failure::Transient,
+                        self.now,
+                    );
                 }
                 Op::Release { sel } if !self.leases.is_empty() => {
                     let (lease, conn) = self.leases.remove(sel % self.leases.len());
@@ -2672,7 +2711,11 @@ mod self_wait {
                     self.holders.remove(&id);
                 }
                 Op::Cancel { sel } if !self.queued.is_empty() => {
-                    let w = *self.queued.keys().nth(sel % self.queued.len()).expect("in range");
+                    let w = *self
+                        .queued
+                        .keys()
+                        .nth(sel % self.queued.len())
+                        .expect("in range");
                     self.queued.remove(&w);
                     self.m.cancel(w, self.now);
                 }
@@ -2750,10 +2793,7 @@ fn self_wait_generator_reaches_deadlocks_refusals_and_self_waits() {
     );
     let (mut certain, mut refused, mut waits) = (0, 0, 0);
     for _ in 0..2_000 {
-        let (config, ops) = strategy
-            .new_tree(&mut runner)
-            .expect("a case")
-            .current();
+        let (config, ops) = strategy.new_tree(&mut runner).expect("a case").current();
         let (c, r, w) = match self_wait::run(config.clone(), &ops) {
             Ok(counts) => counts,
             Err(e) => panic!("{e}\n{config:?}\n{ops:#?}"),

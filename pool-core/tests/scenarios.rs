@@ -1828,7 +1828,8 @@ mod self_wait {
             })
             .collect();
         for (i, slot) in slots.into_iter().enumerate() {
-            m.handle_connected(slot, i as u32 + 1, now).expect("opening");
+            m.handle_connected(slot, i as u32 + 1, now)
+                .expect("opening");
         }
         drain(&mut m);
         let leases = waiters
@@ -1854,12 +1855,21 @@ mod self_wait {
             Err(AcquireError::Deadlock(d)) => {
                 assert!(d.certain);
                 assert_eq!(d.held, leases[0].0.id());
-                assert_eq!((d.status.in_use, d.status.waiting), (1, 1), "{:?}", d.status);
+                assert_eq!(
+                    (d.status.in_use, d.status.waiting),
+                    (1, 1),
+                    "{:?}",
+                    d.status
+                );
                 assert!(d.to_string().starts_with("deadlock: "), "{d}");
             }
             other => panic!("expected a deadlock, got {other:?}"),
         }
-        assert_eq!(m.status().waiting, 0, "the failed acquire left nothing queued");
+        assert_eq!(
+            m.status().waiting,
+            0,
+            "the failed acquire left nothing queued"
+        );
         // The same with the machine's plain `acquire` (no task named): it waits.
         let _w = wait(&mut m, now);
     }
@@ -1906,7 +1916,8 @@ mod self_wait {
             panic!("waits");
         };
         let (lease, conn) = leases.remove(1);
-        m.release(lease, conn, Release::Reuse, now).expect("its lease");
+        m.release(lease, conn, Release::Reuse, now)
+            .expect("its lease");
         assert!(matches!(drain(&mut m)[..], [Action::Wake { waiter }] if waiter == w));
         let _ = take_granted(&mut m, w, now);
         // Room in the pool: a connect is started, and the self-wait waits for it.

@@ -1526,8 +1526,16 @@ pub async fn a_task_waiting_on_its_own_connection_fails_at_once_naming_both_site
     assert_eq!(deadlock.held_at.map(|l| l.line()), Some(held_line));
     assert_eq!(deadlock.waiting_at.line(), waiting_line);
     let metrics = pool.metrics();
-    assert_eq!((metrics.self_waits, metrics.deadlocks), (1, 1), "{metrics:?}");
-    drop(within_5s(&rt, "an acquire afterwards", pool.get()).await.expect("served"));
+    assert_eq!(
+        (metrics.self_waits, metrics.deadlocks),
+        (1, 1),
+        "{metrics:?}"
+    );
+    drop(
+        within_5s(&rt, "an acquire afterwards", pool.get())
+            .await
+            .expect("served"),
+    );
     assert_settled(&rt, &pool).await;
 }
 
@@ -1562,7 +1570,11 @@ pub async fn a_self_wait_on_a_connection_another_task_holds_is_reported_and_serv
     };
     wait_until(&rt, || pool.status().waiting == 1).await;
     let metrics = pool.metrics();
-    assert_eq!((metrics.self_waits, metrics.deadlocks), (1, 0), "{metrics:?}");
+    assert_eq!(
+        (metrics.self_waits, metrics.deadlocks),
+        (1, 0),
+        "{metrics:?}"
+    );
     go_tx.send(()).expect("the other task waits for the go");
     let other_id = within_5s(&rt, "the other task", other)
         .await
@@ -1588,8 +1600,9 @@ pub async fn a_guard_moved_to_another_task_and_used_there_is_no_self_wait<R: Run
     if !names_tasks(&rt).await {
         return;
     }
-    let pool: &'static TestPool<R> =
-        Box::leak(Box::new(build(builder(&rt).max_size(1).acquire_timeout(None))));
+    let pool: &'static TestPool<R> = Box::leak(Box::new(build(
+        builder(&rt).max_size(1).acquire_timeout(None),
+    )));
     let (go_tx, go_rx) = futures::channel::oneshot::channel::<()>();
     let inner = rt.clone();
     let me = rt.spawn(async move {
@@ -1608,7 +1621,11 @@ pub async fn a_guard_moved_to_another_task_and_used_there_is_no_self_wait<R: Run
     });
     wait_until(&rt, || pool.status().waiting == 1).await;
     let metrics = pool.metrics();
-    assert_eq!((metrics.self_waits, metrics.deadlocks), (0, 0), "{metrics:?}");
+    assert_eq!(
+        (metrics.self_waits, metrics.deadlocks),
+        (0, 0),
+        "{metrics:?}"
+    );
     go_tx.send(()).expect("the other task waits for the go");
     let (first, used, second) = within_5s(&rt, "the waiter", me)
         .await

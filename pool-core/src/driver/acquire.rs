@@ -272,9 +272,9 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                     let waker = cx.waker().clone();
                     let holders = &shared.holders;
                     let (outcome, unused, self_wait) = shared.transition(move |state| {
-                        let outcome = state.machine.acquire_by(now, deadline, caller, |lease| {
-                            holders.holder(lease)
-                        });
+                        let outcome = state
+                            .machine
+                            .acquire_by(now, deadline, caller, |lease| holders.holder(lease));
                         let mut self_wait = None;
                         let unused = match &outcome {
                             Ok(Acquired::Waiting(waiter)) => {
@@ -314,13 +314,15 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                         this.report_self_wait(held);
                     }
                     match outcome {
-                        Ok(Acquired::Ready(lease, conn)) => match this.checkout(lease, conn, now, caller) {
-                            Checkout::Lend(guard) => {
-                                this.stage = Stage::Done;
-                                return Poll::Ready(Ok(guard));
+                        Ok(Acquired::Ready(lease, conn)) => {
+                            match this.checkout(lease, conn, now, caller) {
+                                Checkout::Lend(guard) => {
+                                    this.stage = Stage::Done;
+                                    return Poll::Ready(Ok(guard));
+                                }
+                                Checkout::Next(stage) => this.stage = stage,
                             }
-                            Checkout::Next(stage) => this.stage = stage,
-                        },
+                        }
                         Ok(Acquired::Waiting(waiter)) => {
                             this.stage = Stage::Waiting { waiter, since: now };
                             return Poll::Pending;

@@ -121,7 +121,9 @@ impl<'a, M: Manager, R: Runtime> PooledConnection<'a, M, R> {
         match &self.inner {
             Some((lease, conn)) => {
                 let shared = self.lender.shared();
-                shared.holders.used_by(lease.id(), shared.runtime.current_task());
+                shared
+                    .holders
+                    .used_by(lease.id(), shared.runtime.current_task());
                 conn
             }
             None => unreachable!("a live guard holds its connection"),
@@ -133,7 +135,9 @@ impl<'a, M: Manager, R: Runtime> PooledConnection<'a, M, R> {
         let shared = self.lender.shared();
         match &mut self.inner {
             Some((lease, conn)) => {
-                shared.holders.used_by(lease.id(), shared.runtime.current_task());
+                shared
+                    .holders
+                    .used_by(lease.id(), shared.runtime.current_task());
                 conn
             }
             None => unreachable!("a live guard holds its connection"),

@@ -149,16 +149,19 @@ impl<C, E> Machine<C, E> {
             let Some(caller) = waiter.caller else {
                 continue;
             };
-            let held = self.slots.iter().find_map(|(slot_index, slot)| match slot.state {
-                SlotState::Leased { lease, .. } => {
-                    let id = LeaseId {
-                        index: slot_index as u32,
-                        serial: lease,
-                    };
-                    (holders(id) == Some(caller)).then_some(id)
-                }
-                _ => None,
-            });
+            let held = self
+                .slots
+                .iter()
+                .find_map(|(slot_index, slot)| match slot.state {
+                    SlotState::Leased { lease, .. } => {
+                        let id = LeaseId {
+                            index: slot_index as u32,
+                            serial: lease,
+                        };
+                        (holders(id) == Some(caller)).then_some(id)
+                    }
+                    _ => None,
+                });
             if let Some(held) = held {
                 self.unlink(index);
                 self.resolve(index, WaiterState::Deadlocked { held, status });
