@@ -47,8 +47,11 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
     /// an error that waiting cannot heal (see [`Manager::is_fatal`]); to [`Error::Shed`] early,
     /// with load shedding on ([`Builder::queue_target`](super::Builder::queue_target)), if
     /// the pool is overloaded; to [`Error::Exhausted`] at once if
-    /// [`max_waiters`](super::Builder::max_waiters) tasks already wait; or to
-    /// [`Error::Closed`].
+    /// [`max_waiters`](super::Builder::max_waiters) tasks already wait; to
+    /// [`Error::Deadlock`] at once if the task already holds a connection of this pool and
+    /// no connection can ever come back (every one in use is held by a task waiting on the
+    /// pool), or with [`self_wait_error`](super::Builder::self_wait_error) (see
+    /// `ARCHITECTURE.md`, "A task waiting on itself"); or to [`Error::Closed`].
     ///
     /// # Panics
     /// The future panics if polled again after it completed.

@@ -10,7 +10,8 @@
 //!
 //! Its methods come in four groups, called in this order:
 //!
-//! 1. **Inputs**: a task asks ([`acquire`](Machine::acquire), [`try_acquire`](Machine::try_acquire)),
+//! 1. **Inputs**: a task asks ([`acquire`](Machine::acquire), or
+//!    [`acquire_by`](Machine::acquire_by) naming the task, [`try_acquire`](Machine::try_acquire)),
 //!    collects ([`take`](Machine::take)) or gives up ([`cancel`](Machine::cancel)); a task gives
 //!    back ([`release`](Machine::release), [`detach`](Machine::detach)); the driver reports
 //!    ([`handle_connected`](Machine::handle_connected),
@@ -23,7 +24,7 @@
 //!    [`handle_timeout`](Machine::handle_timeout) must be called next.
 //! 4. **Getters**: [`status`](Machine::status), [`is_closed`](Machine::is_closed),
 //!    [`is_drained`](Machine::is_drained), [`is_overloaded`](Machine::is_overloaded),
-//!    [`config`](Machine::config).
+//!    [`self_wait`](Machine::self_wait), [`config`](Machine::config).
 //!
 //! ```
 //! use std::time::{Duration, Instant};
@@ -48,7 +49,8 @@
 //! This file holds the machine's state and its public interface; each concern behind it has
 //! a file of its own: `slots.rs` (the units of `max_size` and their states), `waiters.rs`
 //! (the FIFO of waiting tasks), `timers.rs` (deadlines and back-off), `overload.rs` (load
-//! shedding and the bound on waiters), `rng.rs` (jitter),
+//! shedding and the bound on waiters), `selfwait.rs` (a task waiting on itself: self-waits
+//! and certain deadlocks), `rng.rs` (jitter),
 //! `config.rs` and `types.rs` (the vocabulary of the interface). The invariants the machine
 //! keeps are listed, with the tests that check them, in `ARCHITECTURE.md`, "Invariants".
 
