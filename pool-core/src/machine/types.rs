@@ -332,6 +332,35 @@ impl TaskId {
         digits.0.and_then(Self::new)
     }
 
+    /// The task named by a runtime's id whose `Hash` feeds the hasher one integer and
+    /// nothing else (the derived `Hash` of a newtype over an integer: tokio's and
+    /// async-std's ids), read without formatting or allocating; `None` if it feeds anything
+    /// else. Cheaper than [`from_display`](Self::from_display), for the hot path.
+    pub fn from_hash(id: &impl std::hash::Hash) -> Option<Self> {
+        /// Keeps the one integer written; anything else spoils it.
+        struct One(Option<Option<u64>>);
+        impl std::hash::Hasher for One {
+            fn finish(&self) -> u64 {
+                0
+            }
+            fn write(&mut self, _: &[u8]) {
+                self.0 = Some(None);
+            }
+            fn write_u64(&mut self, n: u64) {
+                self.0 = match self.0 {
+                    None => Some(Some(n)),
+                    Some(_) => Some(None),
+                };
+            }
+            fn write_usize(&mut self, n: usize) {
+                self.write_u64(n as u64);
+            }
+        }
+        let mut one = One(None);
+        id.hash(&mut one);
+        one.0.flatten().and_then(Self::new)
+    }
+
     /// The number this id wraps.
     pub const fn get(self) -> u64 {
         self.0.get()
