@@ -73,6 +73,7 @@ impl pool_core::Runtime for AsyncStd {
 
     /// `async_std::task::try_current()`: a thread-local read (and a reference-count
     /// increment for a named task); `None` outside a task.
+    #[inline]
     fn current_task(&self) -> Option<pool_core::TaskId> {
         async_std::task::try_current().and_then(|task| pool_core::TaskId::from_hash(&task.id()))
     }

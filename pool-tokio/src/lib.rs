@@ -115,6 +115,7 @@ impl pool_core::Runtime for Tokio {
 
     /// `tokio::task::try_id()`: a thread-local read; `None` outside a task (in
     /// `block_on`, on the blocking pool).
+    #[inline]
     fn current_task(&self) -> Option<pool_core::TaskId> {
         tokio::task::try_id().and_then(|id| pool_core::TaskId::from_hash(&id))
     }

@@ -86,7 +86,7 @@ impl<'a, M: Manager, R: Runtime> Acquire<'a, M, R> {
         // Never lend a connection the manager can already tell is broken (the server closed
         // it while it was idle): close it and acquire again. A panic there counts as broken.
         let broken = shared.panics.guard("Manager::has_broken", || {
-            shared.manager.has_broken(&mut guard)
+            shared.manager.has_broken(guard.raw_mut())
         });
         if broken != Some(false) {
             guard.close(Release::Broken);
@@ -191,7 +191,7 @@ async fn check<'a, M: Manager, R: Runtime>(
     };
     let checking = shared
         .panics
-        .guard_future("Manager::check", shared.manager.check(&mut guard));
+        .guard_future("Manager::check", shared.manager.check(guard.raw_mut()));
     let result = match until {
         Some(until) => match race(checking, shared.runtime.sleep_until(until)).await {
             Either::Left(result) => Some(result),

@@ -114,6 +114,15 @@ impl<'a, M: Manager, R: Runtime> PooledConnection<'a, M, R> {
         }
     }
 
+    /// The connection, for the pool's own use of it in the task that holds the lease (the
+    /// manager's checks): no need to note who uses it.
+    pub(crate) fn raw_mut(&mut self) -> &mut M::Connection {
+        match &mut self.inner {
+            Some((_, conn)) => &mut conn.raw,
+            None => unreachable!("a live guard holds its connection"),
+        }
+    }
+
     /// The connection, noting which task uses it: the holder follows the guard to another
     /// task (see `holders.rs`). A thread-local read where the runtime names tasks.
     #[inline]

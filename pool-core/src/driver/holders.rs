@@ -73,10 +73,15 @@ impl Holders {
         let (Some(caller), Some(entry)) = (caller, self.entry(lease)) else {
             return;
         };
-        entry.site.store(Some(site));
-        entry
-            .context
-            .store(caller.context.map_or(0, NonZeroU64::get), Ordering::Relaxed);
+        // A connection cycling through one task finds both as it left them: no write.
+        // Compared by address: comparing locations compares their file names.
+        if !entry.site.load().is_some_and(|old| std::ptr::eq(old, site)) {
+            entry.site.store(Some(site));
+        }
+        let context = caller.context.map_or(0, NonZeroU64::get);
+        if entry.context.load(Ordering::Relaxed) != context {
+            entry.context.store(context, Ordering::Relaxed);
+        }
         // Released after the context, so a reader that sees this task sees its context.
         entry.task.store(caller.task.get(), Ordering::Release);
     }
@@ -95,14 +100,15 @@ impl Holders {
         }
     }
 
-    /// Nobody holds `lease` (given back, or made owned to move).
+    /// Nobody holds `lease` (given back, or made owned to move). The context and the site
+    /// stay: they are read only with a task, and whoever records a task writes its own
+    /// context first.
     #[inline]
     pub(crate) fn clear(&self, lease: LeaseId) {
         let Some(entry) = self.entry(lease) else {
             return;
         };
         if entry.task.load(Ordering::Relaxed) != 0 {
-            entry.context.store(0, Ordering::Relaxed);
             entry.task.store(0, Ordering::Release);
         }
     }

@@ -132,7 +132,7 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
             self.shared.holders.lent(lease.id(), caller, site);
             let mut guard = PooledConnection::new(&self.shared, lease, conn);
             // As in `get`: a connection known to be broken is closed, never lent.
-            if !self.shared.manager.has_broken(&mut guard) {
+            if !self.shared.manager.has_broken(guard.raw_mut()) {
                 return Ok(guard);
             }
             guard.close(Release::Broken);
