@@ -280,11 +280,33 @@ pub async fn cancelling_an_acquire_at_every_await_point_loses_nothing<R: Runtime
     }
 }
 
+/// Holds a connection of `pool` in a task of its own until the returned handle is dropped:
+/// the test's own acquires then wait for another task's connection, as the scenario means,
+/// not for one it holds itself (which, where the runtime names tasks, is a certain deadlock
+/// that fails at once: `ARCHITECTURE.md`, "A task waiting on itself").
+async fn hold_in_another_task<R: Runtime>(
+    rt: &Counted<R>,
+    pool: &TestPool<R>,
+) -> futures::channel::oneshot::Sender<()> {
+    let (held_tx, held_rx) = futures::channel::oneshot::channel::<()>();
+    let (release_tx, release_rx) = futures::channel::oneshot::channel::<()>();
+    let pool = pool.clone();
+    let holder = rt.spawn(async move {
+        let conn = pool.get().await.expect("the holder's connection");
+        let _ = held_tx.send(());
+        let _ = release_rx.await;
+        drop(conn);
+    });
+    drop(holder);
+    held_rx.await.expect("the holder task holds a connection");
+    release_tx
+}
+
 /// An acquire with a per-call timeout fails at its deadline, not before, and not much after.
 pub async fn acquire_timeout_is_honoured<R: Runtime>() {
     let rt = runtime::<R>();
     let pool = build(builder(&rt).max_size(1));
-    let held = pool.get().await.expect("one connection");
+    let held = hold_in_another_task(&rt, &pool).await;
     let start = Instant::now();
     let err = pool
         .get_timeout(Duration::from_millis(200))
@@ -1161,7 +1183,7 @@ pub async fn a_panicking_leak_hook_leaves_the_maintenance_task_running<R: Runtim
                 panic!("the leak hook panics");
             }),
     );
-    let held = pool.get().await.expect("a connection");
+    let held = hold_in_another_task(&rt, &pool).await;
     wait_until(&rt, || pool.metrics().panics == 1).await;
     let err = bounded(
         &rt,
@@ -1197,8 +1219,8 @@ pub async fn a_panicking_connection_drop_leaves_the_maintenance_task_running<R: 
         m.closed.idle_timeout == 1 && m.panics == 1
     })
     .await;
-    let held = pool.get().await.expect("a new connection");
-    let _second = pool.get().await.expect("another");
+    let held = hold_in_another_task(&rt, &pool).await;
+    let _second = hold_in_another_task(&rt, &pool).await;
     let err = bounded(
         &rt,
         Duration::from_secs(5),
@@ -1416,7 +1438,7 @@ pub async fn an_overloaded_pool_sheds_its_waiters_instead_of_timing_them_out<R: 
             .queue_target(Some(target))
             .queue_interval(Duration::from_millis(100)),
     );
-    let held = pool.get().await.expect("one connection");
+    let held = hold_in_another_task(&rt, &pool).await;
     let spawn_waiter = || {
         let pool = pool.clone();
         rt.spawn(async move {
@@ -1568,7 +1590,13 @@ pub async fn a_self_wait_on_a_connection_another_task_holds_is_reported_and_serv
             Ok::<_, String>((held.id, second.id))
         })
     };
-    wait_until(&rt, || pool.status().waiting == 1).await;
+    // Both connections out and one acquire waiting: the self-wait (not this task's first
+    // acquire, which waits for a connect with one connection out).
+    wait_until(&rt, || {
+        let s = pool.status();
+        (s.in_use, s.waiting) == (2, 1)
+    })
+    .await;
     let metrics = pool.metrics();
     assert_eq!(
         (metrics.self_waits, metrics.deadlocks),
@@ -1619,7 +1647,13 @@ pub async fn a_guard_moved_to_another_task_and_used_there_is_no_self_wait<R: Run
         other.await.map_err(|e| e.to_string())?;
         Ok::<_, String>((first, used, second.id))
     });
-    wait_until(&rt, || pool.status().waiting == 1).await;
+    // The connection out and one acquire waiting: the second (the first waits for a connect
+    // with nothing out).
+    wait_until(&rt, || {
+        let s = pool.status();
+        (s.in_use, s.waiting) == (1, 1)
+    })
+    .await;
     let metrics = pool.metrics();
     assert_eq!(
         (metrics.self_waits, metrics.deadlocks),
