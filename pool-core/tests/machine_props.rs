@@ -2468,8 +2468,9 @@ mod self_wait {
             1..=3usize,
             prop::bool::ANY,
             prop::option::weighted(0.2, 50..500u64),
+            prop::bool::weighted(0.8),
         )
-            .prop_map(|(max, refuse, reclaim)| {
+            .prop_map(|(max, refuse, reclaim, fail)| {
                 let mut config = Config::new(max);
                 config.idle_timeout = None;
                 config.max_lifetime = None;
@@ -2478,6 +2479,7 @@ mod self_wait {
                 config.backoff_max = Duration::from_millis(20);
                 config.reclaim_after = reclaim.map(Duration::from_millis);
                 config.self_wait_error = refuse;
+                config.fail_deadlocks = fail;
                 config
             })
     }
@@ -2511,7 +2513,8 @@ mod self_wait {
         fn certain(&self, newcomer: Caller) -> bool {
             let s = self.m.status();
             let config = self.m.config();
-            if self.m.is_closed()
+            if !config.fail_deadlocks
+                || self.m.is_closed()
                 || config.reclaim_after.is_some()
                 || s.opening > 0
                 || s.closing > 0

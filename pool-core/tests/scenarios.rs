@@ -1872,6 +1872,14 @@ mod self_wait {
         );
         // The same with the machine's plain `acquire` (no task named): it waits.
         let _w = wait(&mut m, now);
+        // With `fail_deadlocks` off, it waits too, noted as a self-wait.
+        let mut config = quiet_config(1);
+        config.fail_deadlocks = false;
+        let (mut m, mut record, leases) = full_pool_of(config, &[t], now);
+        match record.acquire(&mut m, now, t) {
+            Ok(Acquired::Waiting(w)) => assert_eq!(m.self_wait(w), Some(leases[0].0.id())),
+            other => panic!("expected to wait, got {other:?}"),
+        }
     }
 
     /// Two tasks each hold one connection of a pool of two and ask for another: the first

@@ -67,6 +67,7 @@ impl ClockPolicy {
             queue_interval: _,  // only with a queue target
             max_waiters: _,     // counts waiters, never looks at the time
             self_wait_error: _, // compares tasks, never looks at the time
+            fail_deadlocks: _,  // so does this
             seed: _,
         } = config;
         let Settings {

@@ -64,6 +64,13 @@ pub struct Config {
     /// [`Machine::acquire_by`](super::Machine::acquire_by)). Default `false`. A certain
     /// deadlock fails at once either way.
     pub self_wait_error: bool,
+    /// Fail a certain deadlock at once (see
+    /// [`Machine::acquire_by`](super::Machine::acquire_by)); default `true`. Turn it off
+    /// where branches of one task, polled with the same waker (`join!`, `select!`), hold
+    /// every connection while another of them waits: the machine cannot tell those from a
+    /// task waiting on itself (`ARCHITECTURE.md`, "A task waiting on itself"). Self-waits
+    /// are still noted.
+    pub fail_deadlocks: bool,
     /// The seed of the machine's jitter, so a run replays exactly.
     pub seed: u64,
 }
@@ -85,6 +92,7 @@ impl Config {
             queue_interval: Duration::from_secs(1),
             max_waiters: None,
             self_wait_error: false,
+            fail_deadlocks: true,
             seed: 0x5eed_0f00_9001,
         }
     }

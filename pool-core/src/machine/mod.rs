@@ -253,7 +253,8 @@ impl<C, E> Machine<C, E> {
     /// If the caller would wait while it holds a lease (a **self-wait**), the waiter
     /// remembers the lease ([`self_wait`](Self::self_wait)), and:
     ///
-    /// - if that makes a **certain deadlock**, the acquire fails at once with
+    /// - if that makes a **certain deadlock** (and [`Config::fail_deadlocks`], the default),
+    ///   the acquire fails at once with
     ///   [`AcquireError::Deadlock`] (`certain`), and so does every queued waiter whose task
     ///   holds a lease: every lease out is held, in the context it was acquired in
     ///   ([`Caller::context`]), by a task that waits in that same context, nothing is

@@ -58,7 +58,7 @@ impl<C, E> Machine<C, E> {
         let Some(held) = same_context.or(any) else {
             return Ok(None);
         };
-        let refuse = if self.certain_deadlock(caller, holders) {
+        let refuse = if self.config.fail_deadlocks && self.certain_deadlock(caller, holders) {
             let status = self.waiting_status();
             self.fail_deadlocked(holders, status);
             Some(true)
