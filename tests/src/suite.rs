@@ -1670,3 +1670,57 @@ pub async fn a_guard_moved_to_another_task_and_used_there_is_no_self_wait<R: Run
     assert_settled(&rt, pool).await;
     pool.close();
 }
+
+/// Two branches of one task polled with the same waker (`join!`): one holds the only
+/// connection while it waits for something else, the other waits for a connection. The pool
+/// cannot tell this from a nested `get` (the default fails it as a certain deadlock); with
+/// `fail_deadlocks(false)` it is only reported, and served once the first branch is done.
+pub async fn with_fail_deadlocks_off_same_waker_branches_are_reported_and_served<R: Runtime>() {
+    let rt = runtime::<R>();
+    if !names_tasks(&rt).await {
+        return;
+    }
+    let pool = build(
+        builder(&rt)
+            .max_size(1)
+            .acquire_timeout(None)
+            .fail_deadlocks(false),
+    );
+    let (go_tx, go_rx) = futures::channel::oneshot::channel::<()>();
+    let p = pool.clone();
+    let task = rt.spawn(async move {
+        let (held_tx, held_rx) = futures::channel::oneshot::channel::<()>();
+        let holder = async {
+            let conn = p.get().await.map_err(|e| e.to_string())?;
+            let _ = held_tx.send(());
+            let _ = go_rx.await; // "a query": another wait, not on the pool
+            Ok::<_, String>(conn.id)
+        };
+        let waiter = async {
+            held_rx.await.map_err(|e| e.to_string())?;
+            p.get().await.map(|c| c.id).map_err(|e| e.to_string())
+        };
+        futures::future::join(holder, waiter).await
+    });
+    wait_until(&rt, || {
+        let s = pool.status();
+        (s.in_use, s.waiting) == (1, 1)
+    })
+    .await;
+    let metrics = pool.metrics();
+    assert_eq!(
+        (metrics.self_waits, metrics.deadlocks),
+        (1, 0),
+        "{metrics:?}"
+    );
+    go_tx.send(()).expect("the holding branch waits for the go");
+    let (held, served) = within_5s(&rt, "the branches", task)
+        .await
+        .expect("task ran");
+    assert_eq!(
+        (held, served),
+        (Ok(1), Ok(1)),
+        "served by the connection given back"
+    );
+    assert_settled(&rt, &pool).await;
+}
