@@ -70,4 +70,32 @@ impl pool_core::Runtime for AsyncStd {
     {
         async_std::task::spawn_blocking(f)
     }
+
+    /// `async_std::task::try_current()`: a thread-local read (and a reference-count
+    /// increment for a named task); `None` outside a task.
+    #[inline]
+    fn current_task(&self) -> Option<pool_core::TaskId> {
+        async_std::task::try_current().and_then(|task| pool_core::TaskId::from_hash(&task.id()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The pool reads async-std's task ids through their `Hash`, without formatting: it
+    /// must read the number async-std prints, and tell tasks apart.
+    #[async_std::test]
+    async fn task_ids_are_read_exactly() {
+        use pool_core::Runtime;
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..3 {
+            let (printed, named) = async_std::task::spawn(async {
+                let id = async_std::task::current().id();
+                (id.to_string(), crate::AsyncStd.current_task())
+            })
+            .await;
+            let named = named.expect("a task is named");
+            assert_eq!(named.get().to_string(), printed);
+            assert!(seen.insert(named), "distinct tasks, distinct ids");
+        }
+    }
 }

@@ -12,10 +12,10 @@
 #![warn(missing_docs)]
 
 pub use driver::{
-    Acquire, BuildError, Builder, ConnectError, Error, LeakReport, Manager, Metrics, Pool,
-    PooledConnection, Runtime,
+    Acquire, BuildError, Builder, ConnectError, DeadlockError, Error, LeakReport, Manager, Metrics,
+    Pool, PooledConnection, Runtime,
 };
-pub use machine::{Shed, Status};
+pub use machine::{Shed, Status, TaskId};
 
 pub mod driver;
 pub mod machine;
@@ -32,7 +32,8 @@ pub mod sim;
 macro_rules! adapter_types {
     ($runtime:ty, $name:literal) => {
         pub use $crate::{
-            BuildError, ConnectError, Error, LeakReport, Manager, Metrics, Shed, Status,
+            BuildError, ConnectError, DeadlockError, Error, LeakReport, Manager, Metrics, Shed,
+            Status,
         };
 
         #[doc = concat!("A pool running on ", $name, ".")]

@@ -2380,3 +2380,433 @@ fn regression_try_acquire_replenishes_min_idle() {
     };
     assert_eq!(opens(&actions(&mut m)).len(), 1);
 }
+
+// ----- ARCHITECTURE.md, "A task waiting on itself" -------------------------------------------
+//
+// Tasks (and contexts within them) acquire, hold, move, give back and wait for connections,
+// with connects finishing or failing and time passing, and a harness that plays the driver's
+// record of who holds each lease. At every acquire by a named task it predicts, from its own
+// model, whether the machine must note a self-wait, refuse it (`self_wait_error`) or fail it
+// as a certain deadlock, and which queued waiters a certain deadlock fails; and it checks
+// that the machine never fails a waiter while some lease out is held by a task that is not
+// waiting (in the context it acquired it in), while anything is opening, closing or idle,
+// while there is room, or while leases can be reclaimed.
+
+mod self_wait {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::num::NonZeroU64;
+    use std::time::{Duration, Instant};
+
+    use pool_core::machine::{
+        AcquireError, Acquired, Action, Caller, Config, Failure, Lease, LeaseId, Machine, Release,
+        SlotId, TaskId, WaiterId,
+    };
+    use proptest::prelude::*;
+
+    /// Task `t`, context `c` (both small, so callers meet often).
+    fn caller(t: u8, c: u8) -> Caller {
+        Caller {
+            task: TaskId::new(u64::from(t) + 1).expect("a small id"),
+            context: NonZeroU64::new(u64::from(c) + 1),
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    pub(super) enum Op {
+        /// An acquire by task `t` in context `c` (unnamed if `named` is false).
+        Acquire {
+            t: u8,
+            c: u8,
+            named: bool,
+        },
+        ConnectOk {
+            sel: usize,
+        },
+        ConnectFail {
+            sel: usize,
+        },
+        Release {
+            sel: usize,
+        },
+        /// The lease's guard is used by task `t` (the driver forgets the context).
+        Move {
+            sel: usize,
+            t: u8,
+        },
+        /// The lease's guard is made owned, or used outside any task: nobody's.
+        Forget {
+            sel: usize,
+        },
+        Cancel {
+            sel: usize,
+        },
+        CloseDone {
+            sel: usize,
+        },
+        Tick {
+            ms: u64,
+        },
+    }
+
+    pub(super) fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0..3u8, 0..2u8, prop::bool::weighted(0.9))
+                .prop_map(|(t, c, named)| Op::Acquire { t, c, named }),
+            3 => any::<usize>().prop_map(|sel| Op::ConnectOk { sel }),
+            1 => any::<usize>().prop_map(|sel| Op::ConnectFail { sel }),
+            3 => any::<usize>().prop_map(|sel| Op::Release { sel }),
+            1 => (any::<usize>(), 0..3u8).prop_map(|(sel, t)| Op::Move { sel, t }),
+            1 => any::<usize>().prop_map(|sel| Op::Forget { sel }),
+            1 => any::<usize>().prop_map(|sel| Op::Cancel { sel }),
+            2 => any::<usize>().prop_map(|sel| Op::CloseDone { sel }),
+            1 => (1..300u64).prop_map(|ms| Op::Tick { ms }),
+        ]
+    }
+
+    pub(super) fn config() -> impl Strategy<Value = Config> {
+        (
+            1..=3usize,
+            prop::bool::ANY,
+            prop::option::weighted(0.2, 50..500u64),
+            prop::bool::weighted(0.8),
+        )
+            .prop_map(|(max, refuse, reclaim, fail)| {
+                let mut config = Config::new(max);
+                config.idle_timeout = None;
+                config.max_lifetime = None;
+                config.max_lifetime_jitter = Duration::ZERO;
+                config.backoff_base = Duration::from_millis(5);
+                config.backoff_max = Duration::from_millis(20);
+                config.reclaim_after = reclaim.map(Duration::from_millis);
+                config.self_wait_error = refuse;
+                config.fail_deadlocks = fail;
+                config
+            })
+    }
+
+    struct Harness {
+        m: Machine<u64, String>,
+        now: Instant,
+        next_conn: u64,
+        opens: Vec<SlotId>,
+        closes: Vec<SlotId>,
+        /// Leases out, with who holds them (the driver's record).
+        leases: Vec<(Lease, u64)>,
+        /// Reclaimed leases, kept so they are never released (they stay out for good).
+        abandoned: Vec<(Lease, u64)>,
+        holders: BTreeMap<LeaseId, Caller>,
+        /// Queued waiters and who waits.
+        queued: BTreeMap<WaiterId, Option<Caller>>,
+        /// Waiters failed by a certain deadlock in the current step.
+        deadlocked: BTreeSet<WaiterId>,
+        pub(super) certain: u32,
+        pub(super) refused: u32,
+        pub(super) self_waits: u32,
+    }
+
+    impl Harness {
+        fn holder(&self, lease: LeaseId) -> Option<Caller> {
+            self.holders.get(&lease).copied()
+        }
+
+        /// The model: would `newcomer` waiting now be a certain deadlock?
+        fn certain(&self, newcomer: Caller) -> bool {
+            let s = self.m.status();
+            let config = self.m.config();
+            if !config.fail_deadlocks
+                || self.m.is_closed()
+                || config.reclaim_after.is_some()
+                || s.opening > 0
+                || s.closing > 0
+                || s.idle > 0
+                || s.in_use == 0
+                || s.size < config.max_size
+                // A granted connection not yet taken is in use but held by nobody yet.
+                || s.in_use != self.leases.len()
+            {
+                return false;
+            }
+            self.leases
+                .iter()
+                .all(|(lease, _)| match self.holder(lease.id()) {
+                    Some(h) if h.context.is_some() => {
+                        h == newcomer || self.queued.values().any(|w| *w == Some(h))
+                    }
+                    _ => false,
+                })
+        }
+
+        fn drain(&mut self) -> Result<(), String> {
+            while let Some(action) = self.m.poll_action() {
+                match action {
+                    Action::Open { slot } => self.opens.push(slot),
+                    Action::Close { slot, .. } => self.closes.push(slot),
+                    Action::Wake { waiter } => {
+                        let who = self
+                            .queued
+                            .remove(&waiter)
+                            .ok_or("woke an unknown waiter")?;
+                        match self.m.take(waiter, self.now) {
+                            Ok(Some((lease, conn))) => {
+                                if let Some(who) = who {
+                                    self.holders.insert(lease.id(), who);
+                                }
+                                self.leases.push((lease, conn));
+                            }
+                            Err(AcquireError::Deadlock(d)) => {
+                                if !d.certain {
+                                    return Err("a queued waiter refused, not deadlocked".into());
+                                }
+                                self.deadlocked.insert(waiter);
+                            }
+                            Err(AcquireError::TimedOut(_) | AcquireError::ConnectFailed(..)) => {}
+                            other => return Err(format!("unexpected take: {other:?}")),
+                        }
+                    }
+                    // A reclaimed lease no longer counts: its holder holds nothing of the pool.
+                    Action::Reclaimed { lease, .. } => {
+                        self.holders.remove(&lease);
+                        if let Some(i) = self.leases.iter().position(|(l, _)| l.id() == lease) {
+                            self.abandoned.push(self.leases.remove(i));
+                        }
+                    }
+                    Action::LeakSuspected { .. } | Action::Drained => {}
+                }
+            }
+            Ok(())
+        }
+
+        fn step(&mut self, op: &Op) -> Result<(), String> {
+            self.deadlocked.clear();
+            match *op {
+                Op::Acquire { t, c, named } => {
+                    let who = named.then(|| caller(t, c));
+                    let model_certain = who.is_some_and(|w| self.certain(w));
+                    let holds_any = who.and_then(|w| {
+                        self.leases
+                            .iter()
+                            .find(|(l, _)| self.holder(l.id()).is_some_and(|h| h.task == w.task))
+                            .map(|(l, _)| l.id())
+                    });
+                    let holds_same = who.is_some_and(|w| {
+                        self.leases
+                            .iter()
+                            .any(|(l, _)| self.holder(l.id()) == Some(w))
+                    });
+                    // Queued waiters whose caller holds a lease: those a deadlock fails.
+                    let doomed: BTreeSet<WaiterId> = self
+                        .queued
+                        .iter()
+                        .filter(|(_, w)| {
+                            w.is_some_and(|w| {
+                                self.leases
+                                    .iter()
+                                    .any(|(l, _)| self.holder(l.id()) == Some(w))
+                            })
+                        })
+                        .map(|(id, _)| *id)
+                        .collect();
+                    let holders = self.holders.clone();
+                    let idle_before = self.m.status().idle;
+                    let out = self
+                        .m
+                        .acquire_by(self.now, None, who, |l| holders.get(&l).copied());
+                    match out {
+                        Ok(Acquired::Ready(lease, conn)) => {
+                            if idle_before == 0 {
+                                return Err("ready with nothing idle".into());
+                            }
+                            if let Some(who) = who {
+                                self.holders.insert(lease.id(), who);
+                            }
+                            self.leases.push((lease, conn));
+                        }
+                        Ok(Acquired::Waiting(w)) => {
+                            if model_certain && holds_any.is_some() {
+                                return Err("a certain deadlock was left waiting".into());
+                            }
+                            if self.m.config().self_wait_error && holds_same {
+                                return Err(
+                                    "self_wait_error let a same-context self-wait wait".into()
+                                );
+                            }
+                            let noted = self.m.self_wait(w);
+                            if noted.is_some() != holds_any.is_some() {
+                                return Err(format!(
+                                    "self-wait noted {noted:?}, the model says {holds_any:?}"
+                                ));
+                            }
+                            if let Some(lease) = noted {
+                                if self.holder(lease).map(|h| h.task) != who.map(|w| w.task) {
+                                    return Err("the noted lease is not the task's".into());
+                                }
+                                self.self_waits += 1;
+                            }
+                            self.queued.insert(w, who);
+                        }
+                        Err(AcquireError::Deadlock(d)) => {
+                            let Some(w) = who else {
+                                return Err("an unnamed acquire failed as a self-wait".into());
+                            };
+                            if self.holder(d.held).map(|h| h.task) != Some(w.task) {
+                                return Err("the held lease is not the task's".into());
+                            }
+                            if d.certain {
+                                if !model_certain {
+                                    return Err(format!(
+                                        "a certain deadlock the model denies: {:?}, leases {:?}, \
+                                         queued {:?}",
+                                        self.m.status(),
+                                        self.holders,
+                                        self.queued
+                                    ));
+                                }
+                                self.certain += 1;
+                                self.drain()?;
+                                if self.deadlocked != doomed {
+                                    return Err(format!(
+                                        "the deadlock failed {:?}, the model expects {doomed:?}",
+                                        self.deadlocked
+                                    ));
+                                }
+                                return Ok(());
+                            }
+                            if model_certain || !self.m.config().self_wait_error || !holds_same {
+                                return Err("refused without self_wait_error's reason".into());
+                            }
+                            self.refused += 1;
+                        }
+                        Err(AcquireError::ConnectFailed(..)) => {}
+                        Err(e) => return Err(format!("unexpected acquire error: {e:?}")),
+                    }
+                }
+                Op::ConnectOk { sel } if !self.opens.is_empty() => {
+                    let slot = self.opens.remove(sel % self.opens.len());
+                    self.next_conn += 1;
+                    let _ = self.m.handle_connected(slot, self.next_conn, self.now);
+                }
+                Op::ConnectFail { sel } if !self.opens.is_empty() => {
+                    let slot = self.opens.remove(sel % self.opens.len());
+                    self.m.handle_connect_failed(
+                        slot,
+                        "refused".into(),
+                        Failure::Transient,
+                        self.now,
+                    );
+                }
+                Op::Release { sel } if !self.leases.is_empty() => {
+                    let (lease, conn) = self.leases.remove(sel % self.leases.len());
+                    self.holders.remove(&lease.id());
+                    let _ = self.m.release(lease, conn, Release::Reuse, self.now);
+                }
+                Op::Move { sel, t } if !self.leases.is_empty() => {
+                    let id = self.leases[sel % self.leases.len()].0.id();
+                    self.holders.insert(
+                        id,
+                        Caller {
+                            task: caller(t, 0).task,
+                            context: None,
+                        },
+                    );
+                }
+                Op::Forget { sel } if !self.leases.is_empty() => {
+                    let id = self.leases[sel % self.leases.len()].0.id();
+                    self.holders.remove(&id);
+                }
+                Op::Cancel { sel } if !self.queued.is_empty() => {
+                    let w = *self
+                        .queued
+                        .keys()
+                        .nth(sel % self.queued.len())
+                        .expect("in range");
+                    self.queued.remove(&w);
+                    self.m.cancel(w, self.now);
+                }
+                Op::CloseDone { sel } if !self.closes.is_empty() => {
+                    let slot = self.closes.remove(sel % self.closes.len());
+                    self.m.handle_closed(slot, self.now);
+                }
+                Op::Tick { ms } => {
+                    self.now += Duration::from_millis(ms);
+                    self.m.handle_timeout(self.now);
+                }
+                _ => {}
+            }
+            self.drain()?;
+            if !self.deadlocked.is_empty() {
+                return Err("waiters failed as deadlocked outside an acquire".into());
+            }
+            Ok(())
+        }
+    }
+
+    /// Runs `ops`; returns how many certain deadlocks, refusals and self-waits it saw.
+    pub(super) fn run(config: Config, ops: &[Op]) -> Result<(u32, u32, u32), String> {
+        let mut h = Harness {
+            m: Machine::new(config).map_err(|e| e.to_string())?,
+            now: Instant::now(),
+            next_conn: 0,
+            opens: Vec::new(),
+            closes: Vec::new(),
+            leases: Vec::new(),
+            abandoned: Vec::new(),
+            holders: BTreeMap::new(),
+            queued: BTreeMap::new(),
+            deadlocked: BTreeSet::new(),
+            certain: 0,
+            refused: 0,
+            self_waits: 0,
+        };
+        h.drain()?;
+        for (i, op) in ops.iter().enumerate() {
+            h.step(op).map_err(|e| format!("step {i} ({op:?}): {e}"))?;
+        }
+        Ok((h.certain, h.refused, h.self_waits))
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases(),
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
+        ..ProptestConfig::default()
+    })]
+
+    /// Self-waits are noted, refused and failed exactly as the model predicts: a certain
+    /// deadlock only when no lease can ever come back, and then every waiter holding one.
+    #[test]
+    fn a_task_waiting_on_itself_fails_only_when_certain(
+        config in self_wait::config(),
+        ops in proptest::collection::vec(self_wait::op(), 1..80),
+    ) {
+        if let Err(e) = self_wait::run(config, &ops) {
+            return Err(TestCaseError::fail(e));
+        }
+    }
+}
+
+/// The self-wait generator reaches what the property is about: certain deadlocks, refusals
+/// and self-waits left waiting, each many times over 2 000 deterministic cases.
+#[test]
+fn self_wait_generator_reaches_deadlocks_refusals_and_self_waits() {
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = (
+        self_wait::config(),
+        proptest::collection::vec(self_wait::op(), 1..80),
+    );
+    let (mut certain, mut refused, mut waits) = (0, 0, 0);
+    for _ in 0..2_000 {
+        let (config, ops) = strategy.new_tree(&mut runner).expect("a case").current();
+        let (c, r, w) = match self_wait::run(config.clone(), &ops) {
+            Ok(counts) => counts,
+            Err(e) => panic!("{e}\n{config:?}\n{ops:#?}"),
+        };
+        certain += c;
+        refused += r;
+        waits += w;
+    }
+    assert!(
+        certain >= 20 && refused >= 20 && waits >= 20,
+        "certain {certain}, refused {refused}, self-waits {waits}"
+    );
+}

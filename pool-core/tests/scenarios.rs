@@ -1763,3 +1763,233 @@ fn max_waiters_refuses_acquires_beyond_the_bound_at_once() {
     assert!(!bounded.shed.is_empty());
     assert!(bounded.timed_out.is_empty());
 }
+
+// ----- a task waiting on itself (ARCHITECTURE.md, "A task waiting on itself") ----------------
+
+mod self_wait {
+    use std::collections::BTreeMap;
+    use std::num::NonZeroU64;
+
+    use super::*;
+    use pool_core::machine::{Caller, LeaseId, TaskId};
+
+    /// Task `t` in context `c`.
+    fn who(t: u64, c: u64) -> Caller {
+        Caller {
+            task: TaskId::new(t).expect("a small id"),
+            context: NonZeroU64::new(c),
+        }
+    }
+
+    /// The driver's record of who holds each lease, as these scenarios keep it.
+    #[derive(Default)]
+    struct Holders(BTreeMap<LeaseId, Caller>);
+
+    impl Holders {
+        fn acquire(
+            &mut self,
+            m: &mut M,
+            now: Instant,
+            caller: Caller,
+        ) -> Result<Acquired<u32>, AcquireError<String>> {
+            let out = m.acquire_by(now, None, Some(caller), |l| self.0.get(&l).copied());
+            if let Ok(Acquired::Ready(lease, _)) = &out {
+                self.0.insert(lease.id(), caller);
+            }
+            out
+        }
+    }
+
+    /// A pool of `n` with every connection leased, lease `i` to `holders[i]`.
+    fn full_pool(n: usize, holders: &[Caller], now: Instant) -> (M, Holders, Vec<(Lease, u32)>) {
+        full_pool_of(quiet_config(n), holders, now)
+    }
+
+    /// A pool of `config` whose `max_size` connections are leased, lease `i` to `holders[i]`.
+    fn full_pool_of(
+        config: Config,
+        holders: &[Caller],
+        now: Instant,
+    ) -> (M, Holders, Vec<(Lease, u32)>) {
+        let mut m = M::new(config).expect("valid config");
+        let mut record = Holders::default();
+        let waiters: Vec<_> = holders
+            .iter()
+            .map(|h| match record.acquire(&mut m, now, *h) {
+                Ok(Acquired::Waiting(w)) => w,
+                other => panic!("expected to wait, got {other:?}"),
+            })
+            .collect();
+        let slots: Vec<_> = drain(&mut m)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Open { slot } => Some(slot),
+                _ => None,
+            })
+            .collect();
+        for (i, slot) in slots.into_iter().enumerate() {
+            m.handle_connected(slot, i as u32 + 1, now)
+                .expect("opening");
+        }
+        drain(&mut m);
+        let leases = waiters
+            .iter()
+            .zip(holders)
+            .map(|(w, h)| {
+                let (lease, conn) = take_granted(&mut m, *w, now);
+                record.0.insert(lease.id(), *h);
+                (lease, conn)
+            })
+            .collect();
+        (m, record, leases)
+    }
+
+    /// bb8#154: a task holding the only connection asks for another, with no deadline. No
+    /// connection can ever come back: it fails at once, naming the lease it holds.
+    #[test]
+    fn a_task_holding_the_only_connection_fails_at_once_instead_of_waiting_forever() {
+        let now = Instant::now();
+        let t = who(1, 10);
+        let (mut m, mut record, leases) = full_pool(1, &[t], now);
+        match record.acquire(&mut m, now, t) {
+            Err(AcquireError::Deadlock(d)) => {
+                assert!(d.certain);
+                assert_eq!(d.held, leases[0].0.id());
+                assert_eq!(
+                    (d.status.in_use, d.status.waiting),
+                    (1, 1),
+                    "{:?}",
+                    d.status
+                );
+                assert!(d.to_string().starts_with("deadlock: "), "{d}");
+            }
+            other => panic!("expected a deadlock, got {other:?}"),
+        }
+        assert_eq!(
+            m.status().waiting,
+            0,
+            "the failed acquire left nothing queued"
+        );
+        // The same with the machine's plain `acquire` (no task named): it waits.
+        let _w = wait(&mut m, now);
+        // With `fail_deadlocks` off, it waits too, noted as a self-wait.
+        let mut config = quiet_config(1);
+        config.fail_deadlocks = false;
+        let (mut m, mut record, leases) = full_pool_of(config, &[t], now);
+        match record.acquire(&mut m, now, t) {
+            Ok(Acquired::Waiting(w)) => assert_eq!(m.self_wait(w), Some(leases[0].0.id())),
+            other => panic!("expected to wait, got {other:?}"),
+        }
+    }
+
+    /// Two tasks each hold one connection of a pool of two and ask for another: the first
+    /// waits (the second task may give its connection back), noted as a self-wait; when the
+    /// second asks too, no connection can ever come back, and both fail at once.
+    #[test]
+    fn two_tasks_each_waiting_for_the_others_connection_both_fail() {
+        let now = Instant::now();
+        let (a, b) = (who(1, 10), who(2, 20));
+        let (mut m, mut record, leases) = full_pool(2, &[a, b], now);
+        let Ok(Acquired::Waiting(wa)) = record.acquire(&mut m, now, a) else {
+            panic!("the first self-wait waits: the other task may give its connection back");
+        };
+        assert_eq!(m.self_wait(wa), Some(leases[0].0.id()));
+        assert!(drain(&mut m).is_empty());
+        match record.acquire(&mut m, now, b) {
+            Err(AcquireError::Deadlock(d)) => {
+                assert!(d.certain);
+                assert_eq!(d.held, leases[1].0.id());
+            }
+            other => panic!("expected a deadlock, got {other:?}"),
+        }
+        assert!(matches!(drain(&mut m)[..], [Action::Wake { waiter }] if waiter == wa));
+        match m.take(wa, now) {
+            Err(AcquireError::Deadlock(d)) => {
+                assert!(d.certain);
+                assert_eq!(d.held, leases[0].0.id());
+            }
+            other => panic!("expected the first waiter to fail too, got {other:?}"),
+        }
+    }
+
+    /// No failure while a release or a new connection can still come: another task (not
+    /// waiting) holds a connection, a connect is in flight, or there is room.
+    #[test]
+    fn a_self_wait_waits_while_anything_can_still_serve_it() {
+        let now = Instant::now();
+        let (a, b) = (who(1, 10), who(2, 20));
+        // Another task, not waiting, holds the other connection: served when it comes back.
+        let (mut m, mut record, mut leases) = full_pool(2, &[a, b], now);
+        let Ok(Acquired::Waiting(w)) = record.acquire(&mut m, now, a) else {
+            panic!("waits");
+        };
+        let (lease, conn) = leases.remove(1);
+        m.release(lease, conn, Release::Reuse, now)
+            .expect("its lease");
+        assert!(matches!(drain(&mut m)[..], [Action::Wake { waiter }] if waiter == w));
+        let _ = take_granted(&mut m, w, now);
+        // Room in the pool: a connect is started, and the self-wait waits for it.
+        let (mut m, mut record, _leases) = full_pool(1, &[a], now);
+        m.set_max_size(2, now).expect("valid");
+        let Ok(Acquired::Waiting(w)) = record.acquire(&mut m, now, a) else {
+            panic!("waits for the connect");
+        };
+        assert_eq!(m.self_wait(w).map(|l| l.index()), Some(0));
+        let slot = single_open(&drain(&mut m));
+        m.handle_connected(slot, 9, now).expect("opening");
+        assert!(matches!(drain(&mut m)[..], [Action::Wake { waiter }] if waiter == w));
+    }
+
+    /// A lease acquired in another context of the task (a branch of a `FuturesUnordered`,
+    /// which may give it back while this one waits), or moved to the task (only the task is
+    /// known then), is a self-wait to report, never a certain deadlock.
+    #[test]
+    fn a_lease_from_another_context_or_moved_is_reported_never_failed() {
+        let now = Instant::now();
+        for holder in [who(1, 11), who(1, 0)] {
+            let (mut m, mut record, leases) = full_pool(1, &[holder], now);
+            match record.acquire(&mut m, now, who(1, 10)) {
+                Ok(Acquired::Waiting(w)) => assert_eq!(m.self_wait(w), Some(leases[0].0.id())),
+                other => panic!("expected a self-wait that waits, got {other:?}"),
+            }
+        }
+    }
+
+    /// A lease whose guard moved to another task (the record says so) is no self-wait of
+    /// the task that acquired it.
+    #[test]
+    fn a_lease_moved_to_another_task_is_no_self_wait() {
+        let now = Instant::now();
+        let (a, b) = (who(1, 10), who(2, 0));
+        let (mut m, mut record, leases) = full_pool(1, &[a], now);
+        record.0.insert(leases[0].0.id(), b);
+        match record.acquire(&mut m, now, a) {
+            Ok(Acquired::Waiting(w)) => assert_eq!(m.self_wait(w), None),
+            other => panic!("expected to wait, got {other:?}"),
+        }
+    }
+
+    /// With `self_wait_error`, a self-wait in the context the lease was acquired in is
+    /// refused at once (not `certain`: the other connection may come back); one from
+    /// another context still waits.
+    #[test]
+    fn self_wait_error_refuses_a_same_context_self_wait() {
+        let now = Instant::now();
+        let (a, b) = (who(1, 10), who(2, 20));
+        let mut config = quiet_config(2);
+        config.self_wait_error = true;
+        let (mut m, mut record, leases) = full_pool_of(config, &[a, b], now);
+        match record.acquire(&mut m, now, a) {
+            Err(AcquireError::Deadlock(d)) => {
+                assert!(!d.certain);
+                assert_eq!(d.held, leases[0].0.id());
+                assert!(d.to_string().starts_with("refused to wait"), "{d}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(matches!(
+            record.acquire(&mut m, now, who(1, 11)),
+            Ok(Acquired::Waiting(_))
+        ));
+    }
+}

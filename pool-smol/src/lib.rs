@@ -68,4 +68,8 @@ impl pool_core::Runtime for Smol {
     {
         smol::unblock(f)
     }
+
+    // `current_task` keeps its default (`None`): neither smol's executors nor `async-task`
+    // can name the running task, so the pool's self-wait reports and deadlock detection
+    // (`ARCHITECTURE.md`, "A task waiting on itself") are off on smol.
 }

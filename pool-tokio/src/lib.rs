@@ -113,7 +113,43 @@ impl pool_core::Runtime for Tokio {
         tokio::time::Instant::now().into_std()
     }
 
+    /// `tokio::task::try_id()`: a thread-local read; `None` outside a task (in
+    /// `block_on`, on the blocking pool).
+    #[inline]
+    fn current_task(&self) -> Option<pool_core::TaskId> {
+        tokio::task::try_id().and_then(|id| pool_core::TaskId::from_hash(&id))
+    }
+
     fn poll_budget(&self, cx: &mut Context<'_>) -> Poll<()> {
         tokio::task::coop::poll_proceed(cx).map(|restore| restore.made_progress())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The pool reads tokio's task ids through their `Hash`, without formatting: it must
+    /// read the number tokio prints, and tell tasks apart.
+    #[tokio::test]
+    async fn task_ids_are_read_exactly() {
+        use pool_core::Runtime;
+        let rt = crate::Tokio::current().expect("in tokio");
+        assert_eq!(rt.current_task(), None, "block_on is no task");
+        let ids: Vec<_> = (0..3)
+            .map(|_| {
+                tokio::spawn(async {
+                    let id = tokio::task::id();
+                    let named = crate::Tokio::current().expect("in tokio").current_task();
+                    (id.to_string(), named)
+                })
+            })
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for handle in ids {
+            let (printed, named) = handle.await.expect("ran");
+            let named = named.expect("a task is named");
+            assert_eq!(named.get().to_string(), printed);
+            assert_eq!(pool_core::TaskId::from_display(&printed), Some(named));
+            assert!(seen.insert(named), "distinct tasks, distinct ids");
+        }
     }
 }

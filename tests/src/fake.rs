@@ -96,6 +96,10 @@ impl<R: Runtime> Runtime for Counted<R> {
     fn poll_budget(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.inner.poll_budget(cx)
     }
+
+    fn current_task(&self) -> Option<pool_core::TaskId> {
+        self.inner.current_task()
+    }
 }
 
 /// What one step of the fake manager does.

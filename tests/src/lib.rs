@@ -65,6 +65,10 @@ macro_rules! conformance {
             after_a_burst_the_surplus_idles_out_while_one_connection_stays_in_use,
             max_waiters_refuses_acquires_beyond_the_bound_at_once,
             an_overloaded_pool_sheds_its_waiters_instead_of_timing_them_out,
+            a_task_waiting_on_its_own_connection_fails_at_once_naming_both_sites,
+            a_self_wait_on_a_connection_another_task_holds_is_reported_and_served,
+            a_guard_moved_to_another_task_and_used_there_is_no_self_wait,
+            with_fail_deadlocks_off_same_waker_branches_are_reported_and_served,
         );
     };
     (@tests $rt:ty, $block_on:path; $($name:ident),+ $(,)?) => {

@@ -280,11 +280,33 @@ pub async fn cancelling_an_acquire_at_every_await_point_loses_nothing<R: Runtime
     }
 }
 
+/// Holds a connection of `pool` in a task of its own until the returned handle is dropped:
+/// the test's own acquires then wait for another task's connection, as the scenario means,
+/// not for one it holds itself (which, where the runtime names tasks, is a certain deadlock
+/// that fails at once: `ARCHITECTURE.md`, "A task waiting on itself").
+async fn hold_in_another_task<R: Runtime>(
+    rt: &Counted<R>,
+    pool: &TestPool<R>,
+) -> futures::channel::oneshot::Sender<()> {
+    let (held_tx, held_rx) = futures::channel::oneshot::channel::<()>();
+    let (release_tx, release_rx) = futures::channel::oneshot::channel::<()>();
+    let pool = pool.clone();
+    let holder = rt.spawn(async move {
+        let conn = pool.get().await.expect("the holder's connection");
+        let _ = held_tx.send(());
+        let _ = release_rx.await;
+        drop(conn);
+    });
+    drop(holder);
+    held_rx.await.expect("the holder task holds a connection");
+    release_tx
+}
+
 /// An acquire with a per-call timeout fails at its deadline, not before, and not much after.
 pub async fn acquire_timeout_is_honoured<R: Runtime>() {
     let rt = runtime::<R>();
     let pool = build(builder(&rt).max_size(1));
-    let held = pool.get().await.expect("one connection");
+    let held = hold_in_another_task(&rt, &pool).await;
     let start = Instant::now();
     let err = pool
         .get_timeout(Duration::from_millis(200))
@@ -1161,7 +1183,7 @@ pub async fn a_panicking_leak_hook_leaves_the_maintenance_task_running<R: Runtim
                 panic!("the leak hook panics");
             }),
     );
-    let held = pool.get().await.expect("a connection");
+    let held = hold_in_another_task(&rt, &pool).await;
     wait_until(&rt, || pool.metrics().panics == 1).await;
     let err = bounded(
         &rt,
@@ -1197,8 +1219,8 @@ pub async fn a_panicking_connection_drop_leaves_the_maintenance_task_running<R: 
         m.closed.idle_timeout == 1 && m.panics == 1
     })
     .await;
-    let held = pool.get().await.expect("a new connection");
-    let _second = pool.get().await.expect("another");
+    let held = hold_in_another_task(&rt, &pool).await;
+    let _second = hold_in_another_task(&rt, &pool).await;
     let err = bounded(
         &rt,
         Duration::from_secs(5),
@@ -1416,7 +1438,7 @@ pub async fn an_overloaded_pool_sheds_its_waiters_instead_of_timing_them_out<R: 
             .queue_target(Some(target))
             .queue_interval(Duration::from_millis(100)),
     );
-    let held = pool.get().await.expect("one connection");
+    let held = hold_in_another_task(&rt, &pool).await;
     let spawn_waiter = || {
         let pool = pool.clone();
         rt.spawn(async move {
@@ -1461,5 +1483,244 @@ pub async fn an_overloaded_pool_sheds_its_waiters_instead_of_timing_them_out<R: 
         .await
         .expect("served once the connection is back");
     drop(conn);
+    assert_settled(&rt, &pool).await;
+}
+
+// ----- ARCHITECTURE.md, "A task waiting on itself" -------------------------------------------
+
+/// Whether the runtime names the running task (asked from a spawned task: tokio names no
+/// task in `block_on`). Tokio and async-std must; smol cannot (neither its executors nor
+/// `async-task` name the running task), and there these tests are skipped, saying so.
+async fn names_tasks<R: Runtime>(rt: &Counted<R>) -> bool {
+    let inner = rt.clone();
+    let named = rt
+        .spawn(async move { inner.current_task().is_some() })
+        .await
+        .expect("task ran");
+    let name = std::any::type_name::<R>();
+    if !named {
+        assert!(
+            !name.contains("pool_tokio") && !name.contains("pool_async_std"),
+            "{name} must name its tasks"
+        );
+        eprintln!("SKIPPED: {name} cannot name the running task");
+    }
+    named
+}
+
+/// bb8#154: a task holding the only connection of a pool with no acquire timeout asks for
+/// another. Without detection it would wait forever; it fails at once with the deadlock
+/// error, which names where the held connection was acquired and where the second acquire
+/// waits, and shows the pool. Counted as a self-wait and a deadlock; the pool goes on.
+pub async fn a_task_waiting_on_its_own_connection_fails_at_once_naming_both_sites<R: Runtime>() {
+    let rt = runtime::<R>();
+    if !names_tasks(&rt).await {
+        return;
+    }
+    let pool = build(builder(&rt).max_size(1).acquire_timeout(None));
+    let p = pool.clone();
+    let task = rt.spawn(async move {
+        let held_line = line!() + 1;
+        let held = p.get().await.map_err(|e| e.to_string())?;
+        let waiting_line = line!() + 1;
+        let second = p.get().await.map(|c| c.id);
+        drop(held);
+        Ok::<_, String>((second, held_line, waiting_line))
+    });
+    let (second, held_line, waiting_line) = within_5s(&rt, "the nested get", task)
+        .await
+        .expect("task ran")
+        .expect("the first get");
+    let error = second.expect_err("the nested get fails");
+    let Error::Deadlock(deadlock) = &error else {
+        panic!("expected a deadlock, got {error}");
+    };
+    assert!(deadlock.certain, "{error}");
+    let message = error.to_string();
+    assert!(message.starts_with("deadlock: "), "{message}");
+    for line in [held_line, waiting_line] {
+        assert!(
+            message.contains(&format!("suite.rs:{line}:")),
+            "names line {line}: {message}"
+        );
+    }
+    assert!(message.contains("1 of 1 in use"), "{message}");
+    assert_eq!(deadlock.held_at.map(|l| l.line()), Some(held_line));
+    assert_eq!(deadlock.waiting_at.line(), waiting_line);
+    let metrics = pool.metrics();
+    assert_eq!(
+        (metrics.self_waits, metrics.deadlocks),
+        (1, 1),
+        "{metrics:?}"
+    );
+    drop(
+        within_5s(&rt, "an acquire afterwards", pool.get())
+            .await
+            .expect("served"),
+    );
+    assert_settled(&rt, &pool).await;
+}
+
+/// A task holding one connection of a pool of two asks for a second, which another task
+/// holds: that one may come back, so the task waits; the self-wait is counted (and logged)
+/// but nothing fails, and it is served when the other task gives its connection back.
+pub async fn a_self_wait_on_a_connection_another_task_holds_is_reported_and_served<R: Runtime>() {
+    let rt = runtime::<R>();
+    if !names_tasks(&rt).await {
+        return;
+    }
+    let pool = build(builder(&rt).max_size(2).acquire_timeout(None));
+    let (held_tx, held_rx) = futures::channel::oneshot::channel::<()>();
+    let (go_tx, go_rx) = futures::channel::oneshot::channel::<()>();
+    let other = {
+        let pool = pool.clone();
+        rt.spawn(async move {
+            let conn = pool.get().await.map_err(|e| e.to_string())?;
+            held_tx.send(()).map_err(|()| "the test went away")?;
+            go_rx.await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(conn.id)
+        })
+    };
+    held_rx.await.expect("the other task holds a connection");
+    let me = {
+        let pool = pool.clone();
+        rt.spawn(async move {
+            let held = pool.get().await.map_err(|e| e.to_string())?;
+            let second = pool.get().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((held.id, second.id))
+        })
+    };
+    // Both connections out and one acquire waiting: the self-wait (not this task's first
+    // acquire, which waits for a connect with one connection out).
+    wait_until(&rt, || {
+        let s = pool.status();
+        (s.in_use, s.waiting) == (2, 1)
+    })
+    .await;
+    let metrics = pool.metrics();
+    assert_eq!(
+        (metrics.self_waits, metrics.deadlocks),
+        (1, 0),
+        "{metrics:?}"
+    );
+    go_tx.send(()).expect("the other task waits for the go");
+    let other_id = within_5s(&rt, "the other task", other)
+        .await
+        .expect("task ran")
+        .expect("the other task's connection");
+    let (held, second) = within_5s(&rt, "the self-wait", me)
+        .await
+        .expect("task ran")
+        .expect("served after the other task gave its connection back");
+    assert_eq!(second, other_id, "served by the connection given back");
+    assert_ne!(held, second);
+    assert_eq!(pool.metrics().deadlocks, 0);
+    assert_settled(&rt, &pool).await;
+}
+
+/// A guard moved to another task, which uses it, while the task that acquired it waits for
+/// a connection: the holder followed the guard, so this is no self-wait (and, with the
+/// pool's only connection, no false deadlock); the waiter is served once the other task
+/// gives the connection back. The guard borrows a pool that lives for good (a pool in a
+/// `static`), so it can move although it is not an owned guard.
+pub async fn a_guard_moved_to_another_task_and_used_there_is_no_self_wait<R: Runtime>() {
+    let rt = runtime::<R>();
+    if !names_tasks(&rt).await {
+        return;
+    }
+    let pool: &'static TestPool<R> = Box::leak(Box::new(build(
+        builder(&rt).max_size(1).acquire_timeout(None),
+    )));
+    let (go_tx, go_rx) = futures::channel::oneshot::channel::<()>();
+    let inner = rt.clone();
+    let me = rt.spawn(async move {
+        let guard = pool.get().await.map_err(|e| e.to_string())?;
+        let first = guard.id; // used here first: held by this task
+        let (used_tx, used_rx) = futures::channel::oneshot::channel::<usize>();
+        let other = inner.spawn(async move {
+            let _ = used_tx.send(guard.id); // used by the other task: held by it now
+            let _ = go_rx.await;
+            drop(guard);
+        });
+        let used = used_rx.await.map_err(|e| e.to_string())?;
+        let second = pool.get().await.map_err(|e| e.to_string())?;
+        other.await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((first, used, second.id))
+    });
+    // The connection out and one acquire waiting: the second (the first waits for a connect
+    // with nothing out).
+    wait_until(&rt, || {
+        let s = pool.status();
+        (s.in_use, s.waiting) == (1, 1)
+    })
+    .await;
+    let metrics = pool.metrics();
+    assert_eq!(
+        (metrics.self_waits, metrics.deadlocks),
+        (0, 0),
+        "{metrics:?}"
+    );
+    go_tx.send(()).expect("the other task waits for the go");
+    let (first, used, second) = within_5s(&rt, "the waiter", me)
+        .await
+        .expect("task ran")
+        .expect("served after the other task gave the connection back");
+    assert_eq!((first, used, second), (1, 1, 1));
+    assert_eq!(pool.metrics().self_waits, 0);
+    assert_settled(&rt, pool).await;
+    pool.close();
+}
+
+/// Two branches of one task polled with the same waker (`join!`): one holds the only
+/// connection while it waits for something else, the other waits for a connection. The pool
+/// cannot tell this from a nested `get` (the default fails it as a certain deadlock); with
+/// `fail_deadlocks(false)` it is only reported, and served once the first branch is done.
+pub async fn with_fail_deadlocks_off_same_waker_branches_are_reported_and_served<R: Runtime>() {
+    let rt = runtime::<R>();
+    if !names_tasks(&rt).await {
+        return;
+    }
+    let pool = build(
+        builder(&rt)
+            .max_size(1)
+            .acquire_timeout(None)
+            .fail_deadlocks(false),
+    );
+    let (go_tx, go_rx) = futures::channel::oneshot::channel::<()>();
+    let p = pool.clone();
+    let task = rt.spawn(async move {
+        let (held_tx, held_rx) = futures::channel::oneshot::channel::<()>();
+        let holder = async {
+            let conn = p.get().await.map_err(|e| e.to_string())?;
+            let _ = held_tx.send(());
+            let _ = go_rx.await; // "a query": another wait, not on the pool
+            Ok::<_, String>(conn.id)
+        };
+        let waiter = async {
+            held_rx.await.map_err(|e| e.to_string())?;
+            p.get().await.map(|c| c.id).map_err(|e| e.to_string())
+        };
+        futures::future::join(holder, waiter).await
+    });
+    wait_until(&rt, || {
+        let s = pool.status();
+        (s.in_use, s.waiting) == (1, 1)
+    })
+    .await;
+    let metrics = pool.metrics();
+    assert_eq!(
+        (metrics.self_waits, metrics.deadlocks),
+        (1, 0),
+        "{metrics:?}"
+    );
+    go_tx.send(()).expect("the holding branch waits for the go");
+    let (held, served) = within_5s(&rt, "the branches", task)
+        .await
+        .expect("task ran");
+    assert_eq!(
+        (held, served),
+        (Ok(1), Ok(1)),
+        "served by the connection given back"
+    );
     assert_settled(&rt, &pool).await;
 }

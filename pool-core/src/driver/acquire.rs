@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use super::error::{ConnectError, Error};
+use super::error::{ConnectError, DeadlockError, Error};
 use super::guard::PooledConnection;
+use super::holders::{context_of, Site};
 use super::runtime::{Manager, Runtime};
 use super::shared::{ConnOf, Shared};
 use super::util::{race, Either};
 use super::Pool;
-use crate::machine::{AcquireError, Acquired, Lease, Release, TimedOut, WaiterId};
+use crate::machine::{AcquireError, Acquired, Caller, Lease, LeaseId, Release, TimedOut, WaiterId};
 
 type Checking<'a, M, R> = Pin<Box<dyn Future<Output = Checked<'a, M, R>> + Send + 'a>>;
 
@@ -40,25 +41,35 @@ pub struct Acquire<'a, M: Manager, R: Runtime> {
     started: Option<Instant>,
     deadline: Option<Instant>,
     backtrace: Option<Arc<Backtrace>>,
+    /// Where the acquire was made (for self-wait reports).
+    site: Site,
     stage: Stage<'a, M, R>,
 }
 
 impl<'a, M: Manager, R: Runtime> Acquire<'a, M, R> {
-    pub(crate) fn new(pool: &'a Pool<M, R>, timeout: Option<Duration>) -> Self {
+    pub(crate) fn new(pool: &'a Pool<M, R>, timeout: Option<Duration>, site: Site) -> Self {
         Self {
             pool,
             timeout,
             started: None,
             deadline: None,
             backtrace: None,
+            site,
             stage: Stage::Start,
         }
     }
 
     /// What to do with a freshly leased connection: lend it, or run its checkout check
     /// first, or (the manager knows it is broken: it is closed) acquire again.
-    fn checkout(&self, lease: Lease, conn: ConnOf<M>, now: Instant) -> Checkout<'a, M, R> {
+    fn checkout(
+        &self,
+        lease: Lease,
+        conn: ConnOf<M>,
+        now: Instant,
+        caller: Option<Caller>,
+    ) -> Checkout<'a, M, R> {
         let shared: &'a Arc<Shared<M, R>> = &self.pool.shared;
+        shared.holders.lent(lease.id(), caller, self.site);
         if let Some(bt) = &self.backtrace {
             let old = shared
                 .lock()
@@ -75,7 +86,7 @@ impl<'a, M: Manager, R: Runtime> Acquire<'a, M, R> {
         // Never lend a connection the manager can already tell is broken (the server closed
         // it while it was idle): close it and acquire again. A panic there counts as broken.
         let broken = shared.panics.guard("Manager::has_broken", || {
-            shared.manager.has_broken(&mut guard)
+            shared.manager.has_broken(guard.raw_mut())
         });
         if broken != Some(false) {
             guard.close(Release::Broken);
@@ -114,6 +125,23 @@ impl<'a, M: Manager, R: Runtime> Acquire<'a, M, R> {
             status,
             last_connect_error,
         })
+    }
+
+    /// Logs a self-wait: this acquire waits while its task holds `held` (see
+    /// `ARCHITECTURE.md`, "A task waiting on itself").
+    fn report_self_wait(&self, held: LeaseId) {
+        let held_at = self.pool.shared.holders.site(held);
+        tracing::warn!(
+            lease = held.serial(),
+            held_at = held_at.map(tracing::field::display),
+            waiting_at = %self.site,
+            "a task waits for a connection (at {}) while it holds one of the same pool (lease {}, \
+             acquired at {}): if that one is not given back by another branch of the task, \
+             this waits until its time-out, or forever; pass the held connection down instead",
+            self.site,
+            held.serial(),
+            held_at.map_or_else(|| "an unrecorded site".to_owned(), |s| s.to_string()),
+        );
     }
 
     /// How long this acquire has waited by `now`.
@@ -163,7 +191,7 @@ async fn check<'a, M: Manager, R: Runtime>(
     };
     let checking = shared
         .panics
-        .guard_future("Manager::check", shared.manager.check(&mut guard));
+        .guard_future("Manager::check", shared.manager.check(guard.raw_mut()));
     let result = match until {
         Some(until) => match race(checking, shared.runtime.sleep_until(until)).await {
             Either::Left(result) => Some(result),
@@ -192,6 +220,11 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let shared = &this.pool.shared;
+        // Who asks: the task, and the context within it (see `holders.rs`).
+        let caller = shared.runtime.current_task().map(|task| Caller {
+            task,
+            context: context_of(cx.waker()),
+        });
         loop {
             match &mut this.stage {
                 Stage::Start => {
@@ -210,7 +243,7 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                     // time (see `ClockPolicy`). Otherwise the full acquire below, which reads the
                     // clock, since waiting needs it.
                     if let Some((lease, conn, now)) = shared.lend_parked() {
-                        match this.checkout(lease, conn, now) {
+                        match this.checkout(lease, conn, now, caller) {
                             Checkout::Lend(guard) => {
                                 this.stage = Stage::Done;
                                 return Poll::Ready(Ok(guard));
@@ -237,10 +270,25 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                     // Cloned before the lock: a waker's code never runs under it. Unused (or
                     // replaced) wakers come back out and are dropped after it.
                     let waker = cx.waker().clone();
-                    let (outcome, unused) = shared.transition(move |state| {
-                        let outcome = state.machine.acquire(now, deadline);
+                    let holders = &shared.holders;
+                    let (outcome, unused, self_wait) = shared.transition(move |state| {
+                        let outcome = state
+                            .machine
+                            .acquire_by(now, deadline, caller, |lease| holders.holder(lease));
+                        let mut self_wait = None;
                         let unused = match &outcome {
-                            Ok(Acquired::Waiting(waiter)) => state.register_owned(*waiter, waker),
+                            Ok(Acquired::Waiting(waiter)) => {
+                                self_wait = state.machine.self_wait(*waiter);
+                                if self_wait.is_some() {
+                                    state.metrics.self_waits += 1;
+                                }
+                                state.register_owned(*waiter, waker)
+                            }
+                            Err(AcquireError::Deadlock(_)) => {
+                                state.metrics.self_waits += 1;
+                                state.metrics.deadlocks += 1;
+                                Some(waker)
+                            }
                             Ok(Acquired::Ready(..)) => {
                                 state.metrics.acquired += 1;
                                 Some(waker)
@@ -259,24 +307,33 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                             }
                             Err(_) => Some(waker),
                         };
-                        (outcome, unused)
+                        (outcome, unused, self_wait)
                     });
                     drop(unused);
+                    if let Some(held) = self_wait {
+                        this.report_self_wait(held);
+                    }
                     match outcome {
-                        Ok(Acquired::Ready(lease, conn)) => match this.checkout(lease, conn, now) {
-                            Checkout::Lend(guard) => {
-                                this.stage = Stage::Done;
-                                return Poll::Ready(Ok(guard));
+                        Ok(Acquired::Ready(lease, conn)) => {
+                            match this.checkout(lease, conn, now, caller) {
+                                Checkout::Lend(guard) => {
+                                    this.stage = Stage::Done;
+                                    return Poll::Ready(Ok(guard));
+                                }
+                                Checkout::Next(stage) => this.stage = stage,
                             }
-                            Checkout::Next(stage) => this.stage = stage,
-                        },
+                        }
                         Ok(Acquired::Waiting(waiter)) => {
                             this.stage = Stage::Waiting { waiter, since: now };
                             return Poll::Pending;
                         }
                         Err(e) => {
                             this.stage = Stage::Done;
-                            return Poll::Ready(Err(this.convert(e, now)));
+                            let e = this.convert(e, now);
+                            if let Error::Deadlock(_) = &e {
+                                tracing::warn!("{e}");
+                            }
+                            return Poll::Ready(Err(e));
                         }
                     }
                 }
@@ -298,13 +355,14 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                             Err(AcquireError::TimedOut(_)) => state.metrics.timed_out += 1,
                             Err(AcquireError::ConnectFailed(..)) => state.metrics.failed_fast += 1,
                             Err(AcquireError::Shed(_)) => state.metrics.shed += 1,
+                            Err(AcquireError::Deadlock(_)) => state.metrics.deadlocks += 1,
                             Err(_) => {}
                         }
                         outcome
                     });
                     match outcome {
                         Ok(None) => return Poll::Pending,
-                        Ok(Some((lease, conn))) => match this.checkout(lease, conn, now) {
+                        Ok(Some((lease, conn))) => match this.checkout(lease, conn, now, caller) {
                             Checkout::Lend(guard) => {
                                 this.stage = Stage::Done;
                                 return Poll::Ready(Ok(guard));
@@ -316,7 +374,9 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                             let e = this.convert(e, now);
                             match &e {
                                 Error::TimedOut(t) => tracing::warn!("{t}"),
-                                Error::ConnectFailed(..) => tracing::warn!("{e}"),
+                                Error::ConnectFailed(..) | Error::Deadlock(_) => {
+                                    tracing::warn!("{e}")
+                                }
                                 // Overload sheds many at once: counted, logged quietly.
                                 Error::Shed(_) => tracing::debug!("{e}"),
                                 _ => {}
@@ -361,6 +421,13 @@ impl<M: Manager, R: Runtime> Acquire<'_, M, R> {
             AcquireError::Exhausted(s) => Error::Exhausted(s),
             AcquireError::ConnectFailed(e, s) => Error::ConnectFailed(e, s),
             AcquireError::Shed(shed) => Error::Shed(shed),
+            AcquireError::Deadlock(d) => Error::Deadlock(DeadlockError {
+                lease: d.held,
+                certain: d.certain,
+                held_at: self.pool.shared.holders.site(d.held),
+                waiting_at: self.site,
+                status: d.status,
+            }),
             // A waiter the machine no longer knows was resolved already; from the caller's
             // view the pool has nothing for it, which only happens once it is closed.
             _ => Error::Closed,

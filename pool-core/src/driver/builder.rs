@@ -246,6 +246,45 @@ impl<M: Manager, R: Runtime> Builder<M, R> {
         self
     }
 
+    /// Fail at once, with [`Error::Deadlock`](super::Error::Deadlock) (not `certain`), an
+    /// acquire that would wait while its task holds a connection of this pool that it
+    /// acquired in the same context (the nested `get` of bb8#154), instead of only counting
+    /// it ([`Metrics::self_waits`](super::Metrics::self_waits)) and logging a warning.
+    /// Default `false`. A certain deadlock (every connection in use held by a task that
+    /// waits on the pool, none to open) fails at once either way. Only where the runtime
+    /// names tasks ([`Runtime::current_task`]); see `ARCHITECTURE.md`, "A task waiting on
+    /// itself".
+    ///
+    /// ```no_run
+    /// # async fn run<M: pool_core::Manager, R: pool_core::Runtime>(manager: M) -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = pool_core::Pool::<M, R>::builder(manager)
+    ///     .max_size(1)
+    ///     .self_wait_error(true)
+    ///     .build()?;
+    /// let held = pool.get().await?;
+    /// // In the same task: refused at once, with both acquire sites, instead of waiting:
+    /// assert!(pool.get().await.is_err_and(|e| e.is_deadlock()));
+    /// # drop(held); Ok(()) }
+    /// ```
+    pub fn self_wait_error(mut self, enabled: bool) -> Self {
+        self.config.self_wait_error = enabled;
+        self
+    }
+
+    /// Whether a certain deadlock fails at once with
+    /// [`Error::Deadlock`](super::Error::Deadlock) (`certain`): every connection in use held
+    /// by a task that is itself waiting on this pool, in the context (waker) it acquired the
+    /// connection in, none to open. Default `true`. The pool cannot tell a nested `get` from
+    /// sibling branches of one task polled with the same waker (`join!`, `select!`): with a
+    /// pool of one, `join!(a(), b())` where `a` holds the connection through a query while
+    /// `b` waits for one would fail `b` although `a` gives it back. Turn it off where code
+    /// does that; self-waits are still counted and logged. See `ARCHITECTURE.md`, "A task
+    /// waiting on itself".
+    pub fn fail_deadlocks(mut self, enabled: bool) -> Self {
+        self.config.fail_deadlocks = enabled;
+        self
+    }
+
     /// The seed of the pool's jitter (lifetimes, back-off), for reproducible runs.
     pub fn seed(mut self, seed: u64) -> Self {
         self.config.seed = seed;

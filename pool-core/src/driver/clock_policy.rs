@@ -64,8 +64,10 @@ impl ClockPolicy {
             backoff_base: _, // connects and their failures always read the clock
             backoff_max: _,
             queue_target,
-            queue_interval: _, // only with a queue target
-            max_waiters: _,    // counts waiters, never looks at the time
+            queue_interval: _,  // only with a queue target
+            max_waiters: _,     // counts waiters, never looks at the time
+            self_wait_error: _, // compares tasks, never looks at the time
+            fail_deadlocks: _,  // so does this
             seed: _,
         } = config;
         let Settings {

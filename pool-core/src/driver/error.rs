@@ -4,7 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::machine::{ConfigError, Shed, Status, TimedOut};
+use super::holders::Site;
+use crate::machine::{ConfigError, LeaseId, Shed, Status, TimedOut};
 
 /// Why a connect failed, as kept for time-out reports.
 #[derive(Debug)]
@@ -72,9 +73,70 @@ pub enum Error<E> {
     /// this one had waited twice the target, so it failed at once rather than at its
     /// deadline. Carries how long it waited, the settings and the pool's status then.
     Shed(Shed),
+    /// The task already holds a connection of this pool, and waiting for another cannot
+    /// end (every connection in use is held by a task that waits on this pool, and none can
+    /// be opened: `certain`), or is refused by
+    /// [`self_wait_error`](super::Builder::self_wait_error). Carries both acquire sites and
+    /// the pool's status. See `ARCHITECTURE.md`, "A task waiting on itself".
+    Deadlock(DeadlockError),
+}
+
+/// A task asked for a connection while it holds one of the same pool, and the pool failed
+/// the acquire at once (see [`Error::Deadlock`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadlockError {
+    /// The lease the task holds.
+    pub lease: LeaseId,
+    /// No connection can ever come back: every connection in use is held by a task that
+    /// is itself waiting on this pool, and none can be opened. `false`: refused by
+    /// [`self_wait_error`](super::Builder::self_wait_error).
+    pub certain: bool,
+    /// Where the held connection was acquired, if recorded.
+    pub held_at: Option<Site>,
+    /// Where the acquire that would have waited was made.
+    pub waiting_at: Site,
+    /// The pool when it was decided (the task counted as waiting).
+    pub status: Status,
+}
+
+impl fmt::Display for DeadlockError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let held_at = self
+            .held_at
+            .map_or_else(|| "an unrecorded site".to_owned(), |site| site.to_string());
+        if self.certain {
+            write!(
+                f,
+                "deadlock: this task waits for a connection (at {}) while it holds one of the \
+                 same pool (lease {}, acquired at {held_at}), and every connection in use is \
+                 held by a task that is itself waiting on this pool, with none to open: none \
+                 can ever come back ({}); pass the held connection down instead",
+                self.waiting_at,
+                self.lease.serial(),
+                self.status
+            )
+        } else {
+            write!(
+                f,
+                "refused to wait (self_wait_error): this task asked for a connection (at {}) \
+                 while it holds one of the same pool (lease {}, acquired at {held_at}), which \
+                 can deadlock; pass the held connection down instead ({})",
+                self.waiting_at,
+                self.lease.serial(),
+                self.status
+            )
+        }
+    }
 }
 
 impl<E> Error<E> {
+    /// Whether this is [`Error::Deadlock`]: the task holds a connection of this pool and
+    /// the acquire failed at once rather than wait on itself.
+    pub fn is_deadlock(&self) -> bool {
+        matches!(self, Self::Deadlock(_))
+    }
+
     /// Whether this is [`Error::TimedOut`].
     pub fn is_timeout(&self) -> bool {
         matches!(self, Self::TimedOut(_))
@@ -90,6 +152,7 @@ impl<E> Error<E> {
         match self {
             Self::TimedOut(t) => Some(t.status),
             Self::Shed(shed) => Some(shed.status),
+            Self::Deadlock(d) => Some(d.status),
             Self::Exhausted(s) | Self::ConnectFailed(_, s) => Some(*s),
             Self::Closed => None,
         }
@@ -107,6 +170,7 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
                 "cannot open a connection, and waiting will not help: {e} ({s})"
             ),
             Self::Shed(shed) => shed.fmt(f),
+            Self::Deadlock(d) => d.fmt(f),
         }
     }
 }

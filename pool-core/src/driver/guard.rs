@@ -55,7 +55,14 @@ impl<'a, M: Manager, R: Runtime> PooledConnection<'a, M, R> {
 
     /// The same lease as a `'static` guard, holding a pool handle of its own: for moving the
     /// connection into a spawned task. Costs one reference-count increment.
+    ///
+    /// An owned guard is made to move, so the pool attributes it to no task until a task
+    /// uses it (dereferences it), and even then never counts it towards a certain deadlock,
+    /// only towards a self-wait report (see `ARCHITECTURE.md`, "A task waiting on itself").
     pub fn into_owned(mut self) -> PooledConnection<'static, M, R> {
+        if let Some((lease, _)) = &self.inner {
+            self.lender.shared().holders.clear(lease.id());
+        }
         PooledConnection {
             lender: Lender::Owned(Arc::clone(self.lender.shared())),
             inner: self.inner.take(),
@@ -89,6 +96,7 @@ impl<'a, M: Manager, R: Runtime> PooledConnection<'a, M, R> {
             unreachable!("a live guard holds its lease")
         };
         let shared = self.lender.shared();
+        shared.holders.clear(lease.id());
         let now = shared.runtime.now();
         let _ = shared.transition(|state| {
             let bt = state.set_backtrace(lease.id(), None);
@@ -100,20 +108,47 @@ impl<'a, M: Manager, R: Runtime> PooledConnection<'a, M, R> {
     /// Gives the connection back now, as `how` says, whatever the manager would decide.
     pub(crate) fn close(mut self, how: Release) {
         if let Some((lease, conn)) = self.inner.take() {
-            release(self.lender.shared(), lease, conn, how);
+            let shared = self.lender.shared();
+            shared.holders.clear(lease.id());
+            release(shared, lease, conn, how);
         }
     }
 
-    fn conn(&self) -> &ConnOf<M> {
-        match &self.inner {
-            Some((_, conn)) => conn,
+    /// The connection, for the pool's own use of it in the task that holds the lease (the
+    /// manager's checks): no need to note who uses it.
+    pub(crate) fn raw_mut(&mut self) -> &mut M::Connection {
+        match &mut self.inner {
+            Some((_, conn)) => &mut conn.raw,
             None => unreachable!("a live guard holds its connection"),
         }
     }
 
+    /// The connection, noting which task uses it: the holder follows the guard to another
+    /// task (see `holders.rs`). A thread-local read where the runtime names tasks.
+    #[inline]
+    fn conn(&self) -> &ConnOf<M> {
+        match &self.inner {
+            Some((lease, conn)) => {
+                let shared = self.lender.shared();
+                shared
+                    .holders
+                    .used_by(lease.id(), shared.runtime.current_task());
+                conn
+            }
+            None => unreachable!("a live guard holds its connection"),
+        }
+    }
+
+    #[inline]
     fn conn_mut(&mut self) -> &mut ConnOf<M> {
+        let shared = self.lender.shared();
         match &mut self.inner {
-            Some((_, conn)) => conn,
+            Some((lease, conn)) => {
+                shared
+                    .holders
+                    .used_by(lease.id(), shared.runtime.current_task());
+                conn
+            }
             None => unreachable!("a live guard holds its connection"),
         }
     }
@@ -138,6 +173,8 @@ impl<M: Manager, R: Runtime> Drop for PooledConnection<'_, M, R> {
             return;
         };
         let shared = self.lender.shared();
+        // Nobody holds it from here: not the reset task, not the lane (see `holders.rs`).
+        shared.holders.clear(lease.id());
         let how = if self.close_on_drop || std::thread::panicking() {
             Release::Discard
         } else {

@@ -22,6 +22,14 @@ pub struct Metrics {
     pub shed: u64,
     /// Acquires refused at once because `max_waiters` tasks were already waiting.
     pub queue_full: u64,
+    /// Acquires that waited (or would have) while their task held a connection of this pool
+    /// (see `ARCHITECTURE.md`, "A task waiting on itself"); each is also logged as a
+    /// warning with both acquire sites. Only counted where the runtime names tasks.
+    pub self_waits: u64,
+    /// Acquires failed at once because no connection could ever come back (a certain
+    /// deadlock, [`Error::Deadlock`](super::Error::Deadlock) with `certain`), or refused by
+    /// [`self_wait_error`](super::Builder::self_wait_error).
+    pub deadlocks: u64,
     /// Connects that succeeded.
     pub connects_ok: u64,
     /// Connects that failed or timed out.

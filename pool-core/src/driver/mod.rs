@@ -29,6 +29,7 @@ mod clock_policy;
 mod error;
 mod guard;
 mod handover;
+mod holders;
 mod lane;
 mod leak;
 mod metrics;
@@ -44,7 +45,7 @@ mod util;
 
 pub use acquire::Acquire;
 pub use builder::Builder;
-pub use error::{BuildError, ConnectError, Error};
+pub use error::{BuildError, ConnectError, DeadlockError, Error};
 pub use guard::PooledConnection;
 pub use leak::LeakReport;
 pub use metrics::{ClosedCounts, Metrics};

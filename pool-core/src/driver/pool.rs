@@ -1,6 +1,8 @@
 //! The pool handle and what it offers: acquiring, status, metrics, closing, resizing.
 
 use std::fmt;
+use std::future::Future;
+use std::panic::Location;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use super::guard::PooledConnection;
 use super::metrics::Metrics;
 use super::runtime::{Manager, Runtime};
 use super::shared::Shared;
-use crate::machine::{AcquireError, ConfigError, Release, Status};
+use crate::machine::{AcquireError, Caller, ConfigError, Release, Status};
 
 /// A connection pool: a cheap `Clone` handle, shared by every task that uses the pool.
 ///
@@ -45,16 +47,24 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
     /// an error that waiting cannot heal (see [`Manager::is_fatal`]); to [`Error::Shed`] early,
     /// with load shedding on ([`Builder::queue_target`](super::Builder::queue_target)), if
     /// the pool is overloaded; to [`Error::Exhausted`] at once if
-    /// [`max_waiters`](super::Builder::max_waiters) tasks already wait; or to
-    /// [`Error::Closed`].
+    /// [`max_waiters`](super::Builder::max_waiters) tasks already wait; to
+    /// [`Error::Deadlock`] at once if the task already holds a connection of this pool and
+    /// no connection can ever come back (every one in use is held by a task waiting on the
+    /// pool), or with [`self_wait_error`](super::Builder::self_wait_error) (see
+    /// `ARCHITECTURE.md`, "A task waiting on itself"); or to [`Error::Closed`].
     ///
     /// # Panics
     /// The future panics if polled again after it completed.
     ///
     /// # Cancel safety
     /// Cancel safe: see [`Acquire`].
+    #[track_caller]
     pub fn get(&self) -> Acquire<'_, M, R> {
-        Acquire::new(self, self.shared.settings.acquire_timeout)
+        Acquire::new(
+            self,
+            self.shared.settings.acquire_timeout,
+            Location::caller(),
+        )
     }
 
     /// Acquires a connection, waiting at most `timeout` (overriding the pool's acquire
@@ -65,8 +75,9 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
     ///
     /// # Cancel safety
     /// Cancel safe: see [`Acquire`].
+    #[track_caller]
     pub fn get_timeout(&self, timeout: Duration) -> Acquire<'_, M, R> {
-        Acquire::new(self, Some(timeout))
+        Acquire::new(self, Some(timeout), Location::caller())
     }
 
     /// Acquires a connection as [`get`](Self::get) does, as a `'static` guard that holds a
@@ -78,8 +89,12 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
     ///
     /// # Cancel safety
     /// Cancel safe: see [`Acquire`].
-    pub async fn get_owned(&self) -> Result<PooledConnection<'static, M, R>, Error<M::Error>> {
-        Ok(self.get().await?.into_owned())
+    #[track_caller]
+    pub fn get_owned(
+        &self,
+    ) -> impl Future<Output = Result<PooledConnection<'static, M, R>, Error<M::Error>>> + '_ {
+        let acquire = self.get();
+        async move { Ok(acquire.await?.into_owned()) }
     }
 
     /// Takes an idle connection if there is one, without waiting, checking or opening one.
@@ -87,7 +102,9 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
     /// # Errors
     /// [`Error::Exhausted`] with the pool's status if no connection is idle;
     /// [`Error::Closed`] after [`close`](Self::close).
+    #[track_caller]
     pub fn try_get(&self) -> Result<PooledConnection<'_, M, R>, Error<M::Error>> {
+        let site = Location::caller();
         loop {
             let (lease, conn) = match self.shared.lend_parked() {
                 Some((lease, conn, _)) => (lease, conn),
@@ -108,9 +125,14 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
                     outcome?
                 }
             };
+            let caller = self.shared.runtime.current_task().map(|task| Caller {
+                task,
+                context: None,
+            });
+            self.shared.holders.lent(lease.id(), caller, site);
             let mut guard = PooledConnection::new(&self.shared, lease, conn);
             // As in `get`: a connection known to be broken is closed, never lent.
-            if !self.shared.manager.has_broken(&mut guard) {
+            if !self.shared.manager.has_broken(guard.raw_mut()) {
                 return Ok(guard);
             }
             guard.close(Release::Broken);
@@ -147,12 +169,19 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
     /// # Cancel safety
     /// Cancel safe: dropping the future returns the connection (closing it if `f` was in
     /// the middle of using it is the manager's [`reset`](Manager::reset) decision).
-    pub async fn with_connection<F, T>(&self, f: F) -> Result<T, Error<M::Error>>
+    #[track_caller]
+    pub fn with_connection<F, T>(
+        &self,
+        f: F,
+    ) -> impl Future<Output = Result<T, Error<M::Error>>> + use<'_, M, R, F, T>
     where
         F: AsyncFnOnce(&mut M::Connection) -> T,
     {
-        let mut conn = self.get().await?;
-        Ok(f(&mut conn).await)
+        let acquire = self.get();
+        async move {
+            let mut conn = acquire.await?;
+            Ok(f(&mut conn).await)
+        }
     }
 
     /// Runs blocking `f` with a connection on the runtime's blocking pool, so a blocking
@@ -168,14 +197,18 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
     /// # Cancel safety
     /// Cancel safe: the connection moves to the blocking thread with `f`; if the caller stops
     /// waiting, `f` still runs to its end there and the connection is returned afterwards.
-    pub async fn interact<F, T>(&self, f: F) -> Result<T, Error<M::Error>>
+    #[track_caller]
+    pub fn interact<F, T>(&self, f: F) -> impl Future<Output = Result<T, Error<M::Error>>> + '_
     where
         F: FnOnce(&mut M::Connection) -> T + Send + 'static,
         T: Send + 'static,
     {
-        let mut conn = self.get().await?.into_owned();
-        let blocking = self.shared.runtime.spawn_blocking(move || f(&mut conn));
-        Ok(blocking.await)
+        let acquire = self.get();
+        async move {
+            let mut conn = acquire.await?.into_owned();
+            let blocking = self.shared.runtime.spawn_blocking(move || f(&mut conn));
+            Ok(blocking.await)
+        }
     }
 
     /// The pool's counts right now.

@@ -5,6 +5,8 @@ use std::future::Future;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use crate::machine::TaskId;
+
 /// The few things the driver needs from an async runtime: spawning, a timer, a blocking
 /// pool, and (optionally) the clock and a cooperative budget.
 ///
@@ -48,6 +50,17 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     /// The current instant; override it to run the pool on a virtual clock.
     fn now(&self) -> Instant {
         Instant::now()
+    }
+
+    /// The task running now, if the runtime can name it (tokio: `tokio::task::try_id()`;
+    /// async-std: `async_std::task::try_current()`); `None` outside a task. The pool uses it
+    /// to notice a task that waits for a connection while it holds one (see
+    /// [`Builder::self_wait_error`](super::Builder::self_wait_error) and `ARCHITECTURE.md`,
+    /// "A task waiting on itself"); it is called on every lend and every use of a guard,
+    /// so it must be cheap (a thread-local read) and never allocate. The default names no
+    /// task, which turns all of that off.
+    fn current_task(&self) -> Option<TaskId> {
+        None
     }
 
     /// Takes part in the runtime's cooperative budget: `Pending` (with a wake scheduled) when

@@ -11,6 +11,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use super::clock_policy::{ClockPolicy, Step};
 use super::error::ConnectError;
+use super::holders::Holders;
 use super::lane::Lane;
 use super::metrics::Metrics;
 use super::panics::Panics;
@@ -49,6 +50,8 @@ pub(crate) struct Shared<M: Manager, R: Runtime> {
     /// `min_idle` is set: every locked transition first hands parked connections to the
     /// machine, so its idle count includes them.
     pub(crate) min_idle: bool,
+    /// Who holds each lease (see `holders.rs`).
+    pub(crate) holders: Holders,
     state: Mutex<State<M>>,
     /// Wakes the maintenance task when its deadline moves earlier (and when the pool goes).
     pub(crate) timer: Event,
@@ -79,6 +82,7 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
             lane,
             hand_over_every,
             min_idle: config.min_idle > 0,
+            holders: Holders::new(config.max_size),
             state: Mutex::new(state),
             timer: Event::new(),
             drained: Event::new(),

@@ -58,6 +58,19 @@ pub struct Config {
     /// beyond it fails at once with [`AcquireError::Exhausted`](super::AcquireError::Exhausted).
     /// `None`, the default, puts no bound on the queue.
     pub max_waiters: Option<usize>,
+    /// Refuse at once (with [`AcquireError::Deadlock`](super::AcquireError::Deadlock), not
+    /// `certain`) an acquire that would wait while its task holds a lease acquired in the
+    /// same context, instead of only reporting it (see
+    /// [`Machine::acquire_by`](super::Machine::acquire_by)). Default `false`. A certain
+    /// deadlock fails at once either way.
+    pub self_wait_error: bool,
+    /// Fail a certain deadlock at once (see
+    /// [`Machine::acquire_by`](super::Machine::acquire_by)); default `true`. Turn it off
+    /// where branches of one task, polled with the same waker (`join!`, `select!`), hold
+    /// every connection while another of them waits: the machine cannot tell those from a
+    /// task waiting on itself (`ARCHITECTURE.md`, "A task waiting on itself"). Self-waits
+    /// are still noted.
+    pub fail_deadlocks: bool,
     /// The seed of the machine's jitter, so a run replays exactly.
     pub seed: u64,
 }
@@ -78,6 +91,8 @@ impl Config {
             queue_target: None,
             queue_interval: Duration::from_secs(1),
             max_waiters: None,
+            self_wait_error: false,
+            fail_deadlocks: true,
             seed: 0x5eed_0f00_9001,
         }
     }

@@ -10,7 +10,8 @@
 //!
 //! Its methods come in four groups, called in this order:
 //!
-//! 1. **Inputs**: a task asks ([`acquire`](Machine::acquire), [`try_acquire`](Machine::try_acquire)),
+//! 1. **Inputs**: a task asks ([`acquire`](Machine::acquire), or
+//!    [`acquire_by`](Machine::acquire_by) naming the task, [`try_acquire`](Machine::try_acquire)),
 //!    collects ([`take`](Machine::take)) or gives up ([`cancel`](Machine::cancel)); a task gives
 //!    back ([`release`](Machine::release), [`detach`](Machine::detach)); the driver reports
 //!    ([`handle_connected`](Machine::handle_connected),
@@ -23,7 +24,7 @@
 //!    [`handle_timeout`](Machine::handle_timeout) must be called next.
 //! 4. **Getters**: [`status`](Machine::status), [`is_closed`](Machine::is_closed),
 //!    [`is_drained`](Machine::is_drained), [`is_overloaded`](Machine::is_overloaded),
-//!    [`config`](Machine::config).
+//!    [`self_wait`](Machine::self_wait), [`config`](Machine::config).
 //!
 //! ```
 //! use std::time::{Duration, Instant};
@@ -48,13 +49,15 @@
 //! This file holds the machine's state and its public interface; each concern behind it has
 //! a file of its own: `slots.rs` (the units of `max_size` and their states), `waiters.rs`
 //! (the FIFO of waiting tasks), `timers.rs` (deadlines and back-off), `overload.rs` (load
-//! shedding and the bound on waiters), `rng.rs` (jitter),
+//! shedding and the bound on waiters), `selfwait.rs` (a task waiting on itself: self-waits
+//! and certain deadlocks), `rng.rs` (jitter),
 //! `config.rs` and `types.rs` (the vocabulary of the interface). The invariants the machine
 //! keeps are listed, with the tests that check them, in `ARCHITECTURE.md`, "Invariants".
 
 mod config;
 mod overload;
 mod rng;
+mod selfwait;
 mod slots;
 mod timers;
 mod types;
@@ -73,8 +76,8 @@ use waiters::{Queue, Waiter, WaiterState};
 
 pub use config::{Config, ConfigError, MAX_SIZE_LIMIT};
 pub use types::{
-    AcquireError, Acquired, Action, CloseReason, Failure, Lease, LeaseId, Rejected, Release, Shed,
-    SlotId, Status, TimedOut, WaiterId,
+    AcquireError, Acquired, Action, Caller, CloseReason, Deadlock, Failure, Lease, LeaseId,
+    Rejected, Release, Shed, SlotId, Status, TaskId, TimedOut, WaiterId,
 };
 
 /// The pool state machine, generic over the connection `C` and the connect error `E`.
@@ -239,6 +242,42 @@ impl<C, E> Machine<C, E> {
     where
         E: Clone,
     {
+        self.acquire_by(now, deadline, None, |_| None)
+    }
+
+    /// [`acquire`](Self::acquire) by a known task (`caller`), with `holders` saying who holds
+    /// each outstanding lease (the driver keeps that outside the machine, since leases
+    /// change hands without it: see `ARCHITECTURE.md`, "A task waiting on itself").
+    /// Whoever holds a lease is asked only when the caller would wait.
+    ///
+    /// If the caller would wait while it holds a lease (a **self-wait**), the waiter
+    /// remembers the lease ([`self_wait`](Self::self_wait)), and:
+    ///
+    /// - if that makes a **certain deadlock** (and [`Config::fail_deadlocks`], the default),
+    ///   the acquire fails at once with
+    ///   [`AcquireError::Deadlock`] (`certain`), and so does every queued waiter whose task
+    ///   holds a lease: every lease out is held, in the context it was acquired in
+    ///   ([`Caller::context`]), by a task that waits in that same context, nothing is
+    ///   opening, closing or idle, the pool is at its size, and no lease can be reclaimed.
+    ///   Nothing can then ever come back, and failing those waiters is what lets their
+    ///   tasks give their connections back;
+    /// - otherwise, with [`Config::self_wait_error`], when the caller holds a lease acquired
+    ///   in the context it would wait in, it fails at once with [`AcquireError::Deadlock`]
+    ///   (not `certain`);
+    /// - otherwise it waits as usual.
+    ///
+    /// # Errors
+    /// As [`acquire`](Self::acquire), and [`AcquireError::Deadlock`] as above.
+    pub fn acquire_by(
+        &mut self,
+        now: Instant,
+        deadline: Option<Instant>,
+        caller: Option<Caller>,
+        holders: impl Fn(LeaseId) -> Option<Caller>,
+    ) -> Result<Acquired<C>, AcquireError<E>>
+    where
+        E: Clone,
+    {
         if self.closed {
             return Err(AcquireError::Closed);
         }
@@ -264,6 +303,10 @@ impl<C, E> Machine<C, E> {
                 return Err(AcquireError::ConnectFailed(error, status));
             }
         }
+        let self_wait = match caller {
+            Some(caller) => self.self_wait_check(caller, &holders)?,
+            None => None,
+        };
         if self
             .config
             .max_waiters
@@ -272,7 +315,7 @@ impl<C, E> Machine<C, E> {
             return Err(AcquireError::Exhausted(self.status()));
         }
         self.roll_interval(now);
-        let waiter = self.enqueue(now, deadline);
+        let waiter = self.enqueue(now, deadline, caller, self_wait);
         self.note_waiter_overload_deadlines(now);
         self.replenish(Some(now));
         Ok(Acquired::Waiting(waiter))
@@ -303,7 +346,9 @@ impl<C, E> Machine<C, E> {
     /// [`AcquireError::TimedOut`] once its deadline passed, [`AcquireError::Shed`] once it
     /// was shed as the pool was overloaded, [`AcquireError::ConnectFailed`] once a fatal
     /// connect error failed it, [`AcquireError::Closed`] once the machine closed,
-    /// [`AcquireError::UnknownWaiter`] for an id already taken or cancelled.
+    /// [`AcquireError::Deadlock`] once a certain deadlock failed it (see
+    /// [`acquire_by`](Self::acquire_by)), [`AcquireError::UnknownWaiter`] for an id already
+    /// taken or cancelled.
     pub fn take(
         &mut self,
         waiter: WaiterId,
@@ -350,6 +395,14 @@ impl<C, E> Machine<C, E> {
                     None => Err(AcquireError::Closed),
                 }
             }
+            WaiterState::Deadlocked { held, status } => {
+                self.waiters.remove(waiter.index as usize);
+                Err(AcquireError::Deadlock(Deadlock {
+                    held,
+                    certain: true,
+                    status,
+                }))
+            }
             WaiterState::Closed => {
                 self.waiters.remove(waiter.index as usize);
                 Err(AcquireError::Closed)
@@ -382,6 +435,7 @@ impl<C, E> Machine<C, E> {
             WaiterState::TimedOut { .. }
             | WaiterState::Failed { .. }
             | WaiterState::Shed { .. }
+            | WaiterState::Deadlocked { .. }
             | WaiterState::Closed => {
                 self.waiters.remove(waiter.index as usize);
             }

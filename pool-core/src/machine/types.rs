@@ -1,6 +1,7 @@
 //! Ids, tokens, actions, status and errors: the vocabulary of the machine's interface.
 
 use std::fmt;
+use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
 
 macro_rules! typed_id {
@@ -288,6 +289,136 @@ impl fmt::Display for Shed {
     }
 }
 
+/// An opaque name of a task, as the runtime gives it (tokio's `task::Id`, say): two tasks
+/// alive at once never share one. Ids of zero or from 2^63 up are not accepted (the driver
+/// keeps a flag in the top bit), so such a task goes unnamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(NonZeroU64);
+
+impl TaskId {
+    /// The task named `id`; `None` for zero or an id from 2^63 up.
+    pub const fn new(id: u64) -> Option<Self> {
+        if id >= 1 << 63 {
+            return None;
+        }
+        match NonZeroU64::new(id) {
+            Some(id) => Some(Self(id)),
+            None => None,
+        }
+    }
+
+    /// The task named by a runtime's id that prints as a decimal number (tokio's and
+    /// async-std's do), read without allocating; `None` if it prints anything else.
+    pub fn from_display(id: &impl fmt::Display) -> Option<Self> {
+        struct Digits(Option<u64>);
+        impl fmt::Write for Digits {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                for b in s.bytes() {
+                    let digit = b.checked_sub(b'0').filter(|d| *d <= 9).ok_or(fmt::Error)?;
+                    self.0 = self
+                        .0
+                        .unwrap_or(0)
+                        .checked_mul(10)
+                        .and_then(|n| n.checked_add(u64::from(digit)));
+                    if self.0.is_none() {
+                        return Err(fmt::Error);
+                    }
+                }
+                Ok(())
+            }
+        }
+        let mut digits = Digits(None);
+        fmt::write(&mut digits, format_args!("{id}")).ok()?;
+        digits.0.and_then(Self::new)
+    }
+
+    /// The task named by a runtime's id whose `Hash` feeds the hasher one integer and
+    /// nothing else (the derived `Hash` of a newtype over an integer: tokio's and
+    /// async-std's ids), read without formatting or allocating; `None` if it feeds anything
+    /// else. Cheaper than [`from_display`](Self::from_display), for the hot path.
+    pub fn from_hash(id: &impl std::hash::Hash) -> Option<Self> {
+        /// Keeps the one integer written; anything else spoils it.
+        struct One(Option<Option<u64>>);
+        impl std::hash::Hasher for One {
+            fn finish(&self) -> u64 {
+                0
+            }
+            fn write(&mut self, _: &[u8]) {
+                self.0 = Some(None);
+            }
+            fn write_u64(&mut self, n: u64) {
+                self.0 = match self.0 {
+                    None => Some(Some(n)),
+                    Some(_) => Some(None),
+                };
+            }
+            fn write_usize(&mut self, n: usize) {
+                self.write_u64(n as u64);
+            }
+        }
+        let mut one = One(None);
+        id.hash(&mut one);
+        one.0.flatten().and_then(Self::new)
+    }
+
+    /// The number this id wraps.
+    pub const fn get(self) -> u64 {
+        self.0.get()
+    }
+}
+
+/// Who asks for a connection, or who holds a lease: the task, and the context within the
+/// task (the driver passes the waker of the acquire: branches of one task that are polled
+/// apart, such as the futures of a `FuturesUnordered`, have contexts of their own), if
+/// known. See [`Machine::acquire_by`](super::Machine::acquire_by) and `ARCHITECTURE.md`,
+/// "A task waiting on itself".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Caller {
+    /// The task.
+    pub task: TaskId,
+    /// The context the lease was acquired in, or the acquire waits in; `None` if unknown
+    /// (a lease then never counts towards a certain deadlock).
+    pub context: Option<NonZeroU64>,
+}
+
+/// An acquire by a task that already holds a connection of this pool (see
+/// [`Machine::acquire_by`](super::Machine::acquire_by)): failed at once, either because no
+/// connection can ever come back (`certain`), or because
+/// [`Config::self_wait_error`](super::Config::self_wait_error) refuses such waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deadlock {
+    /// The lease the waiting task holds.
+    pub held: LeaseId,
+    /// Every connection in use is held by a task that is itself waiting on this pool, in
+    /// the context it acquired it in, and none can be opened, closed or reclaimed: no
+    /// connection can come back. `false`: the wait was refused by `self_wait_error`.
+    pub certain: bool,
+    /// The pool when it was decided (the task counted as waiting).
+    pub status: Status,
+}
+
+impl fmt::Display for Deadlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.certain {
+            write!(
+                f,
+                "deadlock: this task waits for a connection while it holds one of the same pool \
+                 (lease {}), and every connection in use is held by a task that is itself \
+                 waiting on this pool, with none to open: none can ever come back ({})",
+                self.held.serial, self.status
+            )
+        } else {
+            write!(
+                f,
+                "refused to wait: this task asked for a connection while it holds one of the \
+                 same pool (lease {}), which can deadlock; pass the held connection down \
+                 instead ({})",
+                self.held.serial, self.status
+            )
+        }
+    }
+}
+
 /// Why an acquire or a [`take`](super::Machine::take) yields no connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -308,6 +439,9 @@ pub enum AcquireError<E> {
     /// The pool is overloaded and this waiter had waited twice the queue target: it was
     /// failed at once rather than left to wait for its deadline (see [`Shed`]).
     Shed(Shed),
+    /// The task already holds a connection of this pool and waiting for another cannot
+    /// end, or is refused (see [`Deadlock`]).
+    Deadlock(Deadlock),
 }
 
 impl<E: fmt::Display> fmt::Display for AcquireError<E> {
@@ -324,6 +458,7 @@ impl<E: fmt::Display> fmt::Display for AcquireError<E> {
                 )
             }
             Self::Shed(shed) => shed.fmt(f),
+            Self::Deadlock(d) => d.fmt(f),
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Action, Machine, Status, WaiterId};
+use super::{Action, Caller, LeaseId, Machine, Status, WaiterId};
 
 /// A task waiting for a connection (or holding its outcome until it collects it).
 pub(super) struct Waiter {
@@ -12,6 +12,10 @@ pub(super) struct Waiter {
     pub(super) enqueued: Instant,
     pub(super) deadline: Option<Instant>,
     pub(super) state: WaiterState,
+    /// The task that waits, if the driver named it (`selfwait.rs`).
+    pub(super) caller: Option<Caller>,
+    /// A lease its task held when it queued (a self-wait).
+    pub(super) self_wait: Option<LeaseId>,
 }
 
 /// Where a waiter stands: in the FIFO, or resolved and waiting to be collected.
@@ -38,6 +42,12 @@ pub(super) enum WaiterState {
         waited: Duration,
         status: Status,
     },
+    /// Failed by a certain deadlock (`selfwait.rs`): the lease its task holds, and the pool
+    /// as it was then.
+    Deadlocked {
+        held: LeaseId,
+        status: Status,
+    },
     Closed,
 }
 
@@ -56,7 +66,13 @@ impl<C, E> Machine<C, E> {
             .filter(|w| w.serial == id.serial)
     }
 
-    pub(super) fn enqueue(&mut self, now: Instant, deadline: Option<Instant>) -> WaiterId {
+    pub(super) fn enqueue(
+        &mut self,
+        now: Instant,
+        deadline: Option<Instant>,
+        caller: Option<Caller>,
+        self_wait: Option<LeaseId>,
+    ) -> WaiterId {
         let serial = self.serial();
         let prev = self.queue.tail;
         let entry = self.waiters.vacant_entry();
@@ -67,6 +83,8 @@ impl<C, E> Machine<C, E> {
             enqueued: now,
             deadline,
             state: WaiterState::Queued { prev, next: None },
+            caller,
+            self_wait,
         });
         match prev {
             Some(p) => {
