@@ -1800,9 +1800,12 @@ mod self_wait {
         }
     }
 
-    /// A pool of `n` with every connection leased, lease `i` to `holders[i]`.
+    /// A pool of `n` that fails certain deadlocks (opt-in), with every connection leased,
+    /// lease `i` to `holders[i]`.
     fn full_pool(n: usize, holders: &[Caller], now: Instant) -> (M, Holders, Vec<(Lease, u32)>) {
-        full_pool_of(quiet_config(n), holders, now)
+        let mut config = quiet_config(n);
+        config.fail_deadlocks = true;
+        full_pool_of(config, holders, now)
     }
 
     /// A pool of `config` whose `max_size` connections are leased, lease `i` to `holders[i]`.

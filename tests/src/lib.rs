@@ -68,7 +68,7 @@ macro_rules! conformance {
             a_task_waiting_on_its_own_connection_fails_at_once_naming_both_sites,
             a_self_wait_on_a_connection_another_task_holds_is_reported_and_served,
             a_guard_moved_to_another_task_and_used_there_is_no_self_wait,
-            with_fail_deadlocks_off_same_waker_branches_are_reported_and_served,
+            same_waker_branches_are_reported_and_served_by_default,
         );
     };
     (@tests $rt:ty, $block_on:path; $($name:ident),+ $(,)?) => {

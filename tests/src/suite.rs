@@ -1509,15 +1509,20 @@ async fn names_tasks<R: Runtime>(rt: &Counted<R>) -> bool {
 }
 
 /// bb8#154: a task holding the only connection of a pool with no acquire timeout asks for
-/// another. Without detection it would wait forever; it fails at once with the deadlock
-/// error, which names where the held connection was acquired and where the second acquire
+/// another. Without detection it would wait forever; with `fail_deadlocks(true)` (opt-in) it
+/// fails at once with the deadlock error, which names where the held connection was acquired and where the second acquire
 /// waits, and shows the pool. Counted as a self-wait and a deadlock; the pool goes on.
 pub async fn a_task_waiting_on_its_own_connection_fails_at_once_naming_both_sites<R: Runtime>() {
     let rt = runtime::<R>();
     if !names_tasks(&rt).await {
         return;
     }
-    let pool = build(builder(&rt).max_size(1).acquire_timeout(None));
+    let pool = build(
+        builder(&rt)
+            .max_size(1)
+            .acquire_timeout(None)
+            .fail_deadlocks(true),
+    );
     let p = pool.clone();
     let task = rt.spawn(async move {
         let held_line = line!() + 1;
@@ -1673,19 +1678,14 @@ pub async fn a_guard_moved_to_another_task_and_used_there_is_no_self_wait<R: Run
 
 /// Two branches of one task polled with the same waker (`join!`): one holds the only
 /// connection while it waits for something else, the other waits for a connection. The pool
-/// cannot tell this from a nested `get` (the default fails it as a certain deadlock); with
-/// `fail_deadlocks(false)` it is only reported, and served once the first branch is done.
-pub async fn with_fail_deadlocks_off_same_waker_branches_are_reported_and_served<R: Runtime>() {
+/// cannot tell this from a nested `get` (`fail_deadlocks(true)` would fail it as a certain
+/// deadlock); by default it is only reported, and served once the first branch is done.
+pub async fn same_waker_branches_are_reported_and_served_by_default<R: Runtime>() {
     let rt = runtime::<R>();
     if !names_tasks(&rt).await {
         return;
     }
-    let pool = build(
-        builder(&rt)
-            .max_size(1)
-            .acquire_timeout(None)
-            .fail_deadlocks(false),
-    );
+    let pool = build(builder(&rt).max_size(1).acquire_timeout(None));
     let (go_tx, go_rx) = futures::channel::oneshot::channel::<()>();
     let p = pool.clone();
     let task = rt.spawn(async move {

@@ -274,12 +274,12 @@ impl<M: Manager, R: Runtime> Builder<M, R> {
     /// Whether a certain deadlock fails at once with
     /// [`Error::Deadlock`](super::Error::Deadlock) (`certain`): every connection in use held
     /// by a task that is itself waiting on this pool, in the context (waker) it acquired the
-    /// connection in, none to open. Default `true`. The pool cannot tell a nested `get` from
-    /// sibling branches of one task polled with the same waker (`join!`, `select!`): with a
-    /// pool of one, `join!(a(), b())` where `a` holds the connection through a query while
-    /// `b` waits for one would fail `b` although `a` gives it back. Turn it off where code
-    /// does that; self-waits are still counted and logged. See `ARCHITECTURE.md`, "A task
-    /// waiting on itself".
+    /// connection in, none to open. Default `false` (opt-in): the pool cannot tell a nested
+    /// `get` from sibling branches of one task polled with the same waker (`join!`,
+    /// `select!`): with a pool of one, `join!(a(), b())` where `a` holds the connection
+    /// through a query while `b` waits for one would fail `b` although `a` gives it back.
+    /// Turn it on where code never does that; self-waits are counted and logged either way.
+    /// See `ARCHITECTURE.md`, "A task waiting on itself".
     pub fn fail_deadlocks(mut self, enabled: bool) -> Self {
         self.config.fail_deadlocks = enabled;
         self

@@ -253,7 +253,7 @@ impl<C, E> Machine<C, E> {
     /// If the caller would wait while it holds a lease (a **self-wait**), the waiter
     /// remembers the lease ([`self_wait`](Self::self_wait)), and:
     ///
-    /// - if that makes a **certain deadlock** (and [`Config::fail_deadlocks`], the default),
+    /// - if that makes a **certain deadlock** (with [`Config::fail_deadlocks`] on; it is off by default),
     ///   the acquire fails at once with
     ///   [`AcquireError::Deadlock`] (`certain`), and so does every queued waiter whose task
     ///   holds a lease: every lease out is held, in the context it was acquired in
