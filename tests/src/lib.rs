@@ -10,10 +10,14 @@
 //! The [`postgres`] module is the database suite: the same scenarios against a real
 //! PostgreSQL server through `pool-postgres`, compiled per runtime by [`postgres!`] (in
 //! `tests/postgres_tokio.rs`, `tests/postgres_async_std.rs`, `tests/postgres_smol.rs`).
+//! The [`redis`] module does the same against a real Redis server through `pool-redis`,
+//! compiled per runtime by [`redis!`] (in `tests/redis_tokio.rs`, `tests/redis_async_std.rs`,
+//! `tests/redis_smol.rs`).
 
 pub mod fake;
 pub mod postgres;
 pub mod proxy;
+pub mod redis;
 pub mod suite;
 
 pub use fake::{Counted, Fake, FakeConn, Step};

@@ -1,0 +1,3 @@
+//! The Redis suite on smol.
+
+pool_tests::redis!(pool_smol::Smol, smol::block_on);
