@@ -1,4 +1,4 @@
-//! The [`Manager`] for Redis.
+//! The [`Manager`] for Redis (`ARCHITECTURE.md`, "The Redis reset path").
 
 use std::fmt;
 use std::pin::pin;
