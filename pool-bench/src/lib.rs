@@ -1,6 +1,7 @@
 //! Benchmarks this pool side by side with bb8, deadpool (managed and unmanaged), mobc, qp
 //! and r2d2, plus two hand-written floors, over a matrix of workers x pool size, and
-//! (opt-in) through tokio-postgres against a real PostgreSQL.
+//! (opt-in) through tokio-postgres against a real PostgreSQL and through the redis crate
+//! against a real Redis.
 //!
 //! Run `cargo run --release -p pool-bench -- --quick` (about a minute, no database) or
 //! `-- --help` for the options. The markdown report goes to stdout, progress to stderr,
@@ -9,6 +10,7 @@
 pub mod contenders;
 pub mod harness;
 pub mod pg;
+pub mod redis_mode;
 pub mod report;
 pub mod stats;
 
@@ -48,6 +50,11 @@ USAGE: pool-bench [OPTIONS]
                         mode, in front of the same server) and report each pool's
                         throughput through it as a share of its direct throughput
   --pg-reps N           runs per PostgreSQL cell, the median reported (default 1)
+  --redis               also run the Redis mode (GET through the redis crate: this pool
+                        with pool-redis, bb8-redis, deadpool-redis, no pool)
+  --redis-only          only the Redis mode
+  --redis-url URL       default redis://127.0.0.1:6379/
+  --redis-reps N        runs per Redis cell, the median reported (default 1)
   --help                this text
 ";
 
@@ -86,6 +93,12 @@ pub struct Options {
     pub pg_bouncer_url: Option<String>,
     /// Runs per PostgreSQL cell.
     pub pg_reps: usize,
+    /// Run the Redis mode.
+    pub redis: bool,
+    /// The Redis server of the Redis mode.
+    pub redis_url: String,
+    /// Runs per Redis cell (the median is reported).
+    pub redis_reps: usize,
     /// Whether this is the quick run.
     pub quick: bool,
 }
@@ -108,6 +121,9 @@ impl Default for Options {
             pg_url: "host=127.0.0.1 port=5432 user=postgres dbname=test".into(),
             pg_bouncer_url: None,
             pg_reps: 1,
+            redis: false,
+            redis_url: "redis://127.0.0.1:6379/".into(),
+            redis_reps: 1,
             quick: false,
         }
     }
@@ -171,6 +187,15 @@ impl Options {
                     o.matrix = false;
                 }
                 "--pg-url" => o.pg_url = it.next().ok_or("--pg-url URL")?,
+                "--redis" => o.redis = true,
+                "--redis-only" => {
+                    o.redis = true;
+                    o.matrix = false;
+                }
+                "--redis-url" => o.redis_url = it.next().ok_or("--redis-url URL")?,
+                "--redis-reps" => {
+                    o.redis_reps = it.next().as_deref().and_then(num).ok_or("--redis-reps N")?;
+                }
                 "--pg-reps" => {
                     o.pg_reps = it.next().as_deref().and_then(num).ok_or("--pg-reps N")?;
                 }
@@ -345,6 +370,15 @@ pub fn main() -> ExitCode {
             Ok(report) => println!("{report}"),
             Err(e) => {
                 eprintln!("PostgreSQL mode: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if o.redis {
+        match redis_mode::run(&o) {
+            Ok(report) => println!("{report}"),
+            Err(e) => {
+                eprintln!("Redis mode: {e}");
                 return ExitCode::FAILURE;
             }
         }
