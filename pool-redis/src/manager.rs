@@ -253,7 +253,9 @@ impl<R: RedisRuntime> Manager for RedisManager<R> {
 
     fn needs_reset(&self, conn: &RedisConnection) -> bool {
         let dirty = conn.session.dirty();
-        if !dirty {
+        // The pool asks this after `has_broken` whatever its answer; a connection it closes
+        // is no clean checkin.
+        if !dirty && !conn.session.unusable() && !conn.is_closed() {
             self.counters.clean_checkins.fetch_add(1, Relaxed);
         }
         dirty
