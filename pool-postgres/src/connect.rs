@@ -49,7 +49,7 @@ impl Connector {
         Self {
             endpoints: endpoints(config),
             startup,
-            tcp: TcpOptions::from_config(config),
+            tcp: crate::runtime::tcp_options(config),
             connect_timeout: config.get_connect_timeout().copied(),
             attrs: config.get_target_session_attrs(),
             random: config.get_load_balance_hosts() == LoadBalanceHosts::Random,

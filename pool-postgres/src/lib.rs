@@ -82,7 +82,7 @@ pub use conn::PgConnection;
 pub use error::{PgError, TlsFailure};
 pub use manager::{Cancel, Check, PgManager, PgStats, Reset, CLEAN_SQL};
 pub use protocol::TransactionStatus;
-pub use runtime::{Keepalive, PgRuntime, Stream, TcpOptions};
+pub use runtime::{tcp_options, Keepalive, PgRuntime, Stream, TcpOptions};
 pub use statements::{Statements, ToQuery};
 pub use tls::SslMode;
 pub use tokio_postgres;

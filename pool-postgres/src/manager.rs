@@ -147,7 +147,7 @@ struct Counters {
 ///   else the connect fails with the last host's error;
 /// - `connect_timeout` bounds each host's attempt (socket, TLS and startup);
 /// - `keepalives` (on by default), `keepalives_idle`, `keepalives_interval`,
-///   `keepalives_retries` and `tcp_user_timeout` are set on the socket ([`TcpOptions`]);
+///   `keepalives_retries` and `tcp_user_timeout` are set on the socket ([`tcp_options`](crate::tcp_options));
 ///   tokio-postgres reads all of them in seconds (libpq reads `tcp_user_timeout` in
 ///   milliseconds);
 /// - `target_session_attrs=read-write` (or `read-only`) asks the new session

@@ -167,7 +167,10 @@ impl<R: RedisRuntime> RedisManager<R> {
 
     async fn open(&self, rt: &R) -> Result<RedisConnection, RedisPoolError> {
         let stream = match self.info.addr() {
-            ConnectionAddr::Tcp(host, port) => rt.connect_tcp(host, *port).await,
+            ConnectionAddr::Tcp(host, port) => {
+                rt.connect_tcp(host, *port, &pool_net::TcpOptions::default())
+                    .await
+            }
             #[cfg(unix)]
             ConnectionAddr::Unix(path) => rt.connect_unix(path).await,
             other => {
