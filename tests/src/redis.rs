@@ -437,7 +437,19 @@ pub async fn forgotten_connections_do_not_starve_the_others<R: RedisRuntime>() {
         "served after the reclaim, not at the time-out: {served:?}"
     );
     assert_eq!(pool.status().abandoned, 2);
-    assert_eq!(pool.manager().stats().connects, 4, "two replacements");
+    // Both freed slots were asked to open when the leases stopped counting, but the four
+    // quick tasks may all be done on the first replacement while the second is still opening.
+    rd.until(
+        "the replacements finish opening",
+        Duration::from_secs(5),
+        async |_| (pool.status().opening == 0).then_some(()),
+    )
+    .await;
+    let connects = pool.manager().stats().connects;
+    assert!(
+        (3..=4).contains(&connects),
+        "one or two replacements, never more than the two freed slots: {connects} connects"
+    );
     drop(forgotten);
     assert_eq!(pool.metrics().closed.reclaimed, 2);
     rd.assert_settled(&pool).await;
