@@ -32,6 +32,42 @@
 //! }
 //! ```
 //!
+//! Threads outside the runtime (code written for r2d2, a blocking worker pool) acquire with
+//! [`get_blocking`](pool_core::Pool::get_blocking), which parks the thread in the same
+//! queue as the async tasks, with the same time-outs and errors. The pool runs on a runtime
+//! it is given a handle to:
+//!
+//! ```
+//! # struct Numbers(std::sync::atomic::AtomicU32);
+//! # impl pool_tokio::Manager for Numbers {
+//! #     type Connection = u32;
+//! #     type Error = std::io::Error;
+//! #     async fn connect(&self) -> Result<u32, std::io::Error> {
+//! #         Ok(self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+//! #     }
+//! # }
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let runtime = tokio::runtime::Runtime::new()?; // runs connects, time-outs and resets
+//! let pool = pool_tokio::Pool::builder(Numbers(0.into()))
+//!     .runtime(pool_tokio::Tokio::new(runtime.handle().clone()))
+//!     .max_size(2)
+//!     .build()?;
+//! let workers: Vec<_> = (0..4)
+//!     .map(|_| {
+//!         let pool = pool.clone();
+//!         std::thread::spawn(move || -> Result<u32, pool_tokio::Error<std::io::Error>> {
+//!             let conn = pool.get_blocking()?; // parks this thread until one is lent
+//!             Ok(*conn)
+//!         })
+//!     })
+//!     .collect();
+//! for worker in workers {
+//!     assert!(worker.join().expect("no panic")? < 2, "a pool of 2 opened no third");
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! The pool takes part in tokio's cooperative budget: an acquire checks the budget before
 //! it takes a connection, never after, so a task never yields while holding one it has
 //! just been granted.

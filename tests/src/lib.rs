@@ -46,6 +46,8 @@ macro_rules! conformance {
             connect_failures_back_off_and_report_the_last_error,
             build_rejects_bad_configuration,
             interact_runs_blocking_work_and_returns_the_connection,
+            blocking_callers_queue_with_tasks_in_fifo_order,
+            blocking_callers_time_out_and_see_the_pool_close,
             detach_frees_the_slot,
             discard_closes_the_connection,
             owned_guard_moves_into_a_task_and_comes_back,

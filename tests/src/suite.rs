@@ -1724,3 +1724,96 @@ pub async fn same_waker_branches_are_reported_and_served_by_default<R: Runtime>(
     );
     assert_settled(&rt, &pool).await;
 }
+
+/// Runs `f` on a thread of its own (outside any runtime) and resolves to its result, so a
+/// test can await a blocking caller without blocking its runtime.
+fn on_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> impl std::future::Future<Output = T> {
+    let (tx, rx) = futures::channel::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    async move { rx.await.expect("the thread ran to its end") }
+}
+
+/// Issue 14, blocking callers: a thread parked in `get_blocking` queues in the same FIFO as
+/// the tasks: it is served before a task that queued after it, and its connection comes
+/// back to the pool for that task when the thread drops it.
+pub async fn blocking_callers_queue_with_tasks_in_fifo_order<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(1));
+    let held = hold_in_another_task(&rt, &pool).await;
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let thread = {
+        let (pool, order) = (pool.clone(), Arc::clone(&order));
+        on_thread(move || {
+            let conn = pool.get_blocking().map_err(|e| e.to_string())?;
+            order.lock().expect("order").push("thread");
+            Ok::<_, String>(conn.id)
+        })
+    };
+    wait_until(&rt, || pool.status().waiting == 1).await;
+    let task = {
+        let (pool, order) = (pool.clone(), Arc::clone(&order));
+        rt.spawn(async move {
+            let conn = pool.get().await.map_err(|e| e.to_string())?;
+            order.lock().expect("order").push("task");
+            Ok::<_, String>(conn.id)
+        })
+    };
+    wait_until(&rt, || pool.status().waiting == 2).await;
+    drop(held);
+    let by_thread = thread.await.expect("the thread was served");
+    let by_task = task.await.expect("task ran").expect("the task was served");
+    assert_eq!(*order.lock().expect("order"), ["thread", "task"]);
+    assert_eq!(by_thread, by_task, "one connection, passed on");
+    assert_eq!(pool.manager().opened(), 1);
+    assert_settled(&rt, &pool).await;
+}
+
+/// Blocking callers get the async acquire's deadlines and errors: `get_blocking` times out
+/// at the pool's acquire timeout and `get_timeout_blocking` at its own, each reporting the
+/// pool's state; `close` wakes a parked thread with `Closed`.
+pub async fn blocking_callers_time_out_and_see_the_pool_close<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(
+        builder(&rt)
+            .max_size(1)
+            .acquire_timeout(Some(Duration::from_millis(200))),
+    );
+    let held = hold_in_another_task(&rt, &pool).await;
+    for per_call in [None, Some(Duration::from_millis(150))] {
+        let pool = pool.clone();
+        let (waited, err) = on_thread(move || {
+            let start = Instant::now();
+            let err = match per_call {
+                None => pool.get_blocking().map(drop),
+                Some(t) => pool.get_timeout_blocking(t).map(drop),
+            }
+            .expect_err("the pool is exhausted");
+            (start.elapsed(), err)
+        })
+        .await;
+        let bound = per_call.unwrap_or(Duration::from_millis(200));
+        let Error::TimedOut(t) = &err else {
+            panic!("expected a time-out, got {err}");
+        };
+        assert!(
+            t.waited >= bound && t.waited <= waited,
+            "{per_call:?}: reported {:?}, measured {waited:?}",
+            t.waited
+        );
+        assert!(waited < bound + Duration::from_millis(500), "{waited:?}");
+        assert_eq!(err.status().map(|s| (s.in_use, s.max_size)), Some((1, 1)));
+    }
+    let parked = {
+        let pool = pool.clone();
+        on_thread(move || pool.get_timeout_blocking(Duration::from_secs(10)).map(drop))
+    };
+    wait_until(&rt, || pool.status().waiting == 1).await;
+    pool.close();
+    assert!(matches!(parked.await, Err(Error::Closed)));
+    drop(held);
+    assert_drains(&rt, &pool).await;
+}

@@ -24,6 +24,7 @@
 //! tells how they fit together.
 
 mod acquire;
+mod blocking;
 mod builder;
 mod clock_policy;
 mod error;
