@@ -33,7 +33,7 @@
 //! ```
 //!
 //! Threads outside the runtime (code written for r2d2, a blocking worker pool) acquire with
-//! [`get_blocking`](pool_core::Pool::get_blocking), which parks the thread in the same
+//! [`get_blocking`](Pool::get_blocking), which parks the thread in the same
 //! queue as the async tasks, with the same time-outs and errors. The pool runs on a runtime
 //! it is given a handle to:
 //!
