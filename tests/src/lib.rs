@@ -19,6 +19,7 @@ pub mod postgres;
 pub mod proxy;
 pub mod redis;
 pub mod suite;
+mod support;
 
 pub use fake::{Counted, Fake, FakeConn, Step};
 

@@ -11,14 +11,14 @@
 //!
 //! Timing claims are checked with wide margins, and the measured figures are printed.
 
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use crate::support::{report, sleep, spawn, within};
 use futures::channel::oneshot;
-use futures::future::{join_all, select, Either};
+use futures::future::join_all;
 use futures::FutureExt;
 use pool_core::{Builder, Manager, Pool};
 use pool_postgres::tokio_postgres::error::SqlState;
@@ -185,24 +185,10 @@ async fn connect_creating_database<R: PgRuntime>(
         .map_err(|(_, why)| format!("is unreachable after creating {name:?}: {why}"))
 }
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// Prints a line to stderr past the test harness's output capture, so a skip or a measured
-/// figure shows in a plain `cargo test` run too.
-pub fn report(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
-}
-
 /// Skips the test loudly, or fails it under CI.
 fn skip(test: &str, why: &str) {
-    assert!(
-        !in_ci(),
-        "postgres test {test} cannot run under CI: {why} (.ci/run starts the server and sets {URL_VAR})"
-    );
-    report(&format!("SKIPPED postgres test {test}: {why}"));
+    let hint = format!(".ci/run starts the server and sets {URL_VAR}");
+    crate::support::skip("postgres", test, why, &hint);
 }
 
 fn runtime<R: PgRuntime>() -> R {
@@ -210,32 +196,6 @@ fn runtime<R: PgRuntime>() -> R {
         Ok(rt) => rt,
         Err(e) => panic!("the database suite runs inside its runtime: {e}"),
     }
-}
-
-/// Sleeps for `d` on the runtime's timers.
-pub async fn sleep<R: PgRuntime>(rt: &R, d: Duration) {
-    rt.sleep_until(Instant::now() + d).await;
-}
-
-/// Runs `future` for at most `d`.
-pub async fn within<R: PgRuntime, F: Future>(rt: &R, d: Duration, future: F) -> Option<F::Output> {
-    let (future, timer) = (std::pin::pin!(future), std::pin::pin!(sleep(rt, d)));
-    match select(future, timer).await {
-        Either::Left((out, _)) => Some(out),
-        Either::Right(_) => None,
-    }
-}
-
-/// Spawns a test task; its receiver gives `Err` if the task panicked.
-pub fn spawn<R: PgRuntime, T: Send + 'static>(
-    rt: &R,
-    future: impl Future<Output = T> + Send + 'static,
-) -> oneshot::Receiver<T> {
-    let (tx, rx) = oneshot::channel();
-    rt.spawn(async move {
-        let _ = tx.send(future.await);
-    });
-    rx
 }
 
 static NEXT_APP: AtomicUsize = AtomicUsize::new(0);

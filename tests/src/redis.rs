@@ -13,14 +13,14 @@
 //! Timing claims are checked with wide margins, and the measured figures are printed.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
-use futures::channel::oneshot;
+pub use crate::support::report;
+use crate::support::{sleep, spawn, within};
 use futures::future::{join_all, select, Either};
 use futures::FutureExt;
-use pool_core::{Builder, Manager, Pool, Runtime};
+use pool_core::{Builder, Manager, Pool};
 use pool_redis::redis as rc;
 use pool_redis::{RedisConnection, RedisManager, RedisRuntime};
 use rc::{RedisResult, Value};
@@ -69,49 +69,9 @@ macro_rules! redis {
 
 type RedisPool<R> = Pool<RedisManager<R>, R>;
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// Prints a line to stderr past the test harness's output capture.
-pub fn report(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
-}
-
 /// Skips the test loudly, or fails it under CI.
 fn skip(test: &str, why: &str) {
-    assert!(
-        !in_ci(),
-        "redis test {test} cannot run under CI: {why} (.ci/run starts the server)"
-    );
-    report(&format!("SKIPPED redis test {test}: {why}"));
-}
-
-/// Sleeps for `d` on the runtime's timers.
-async fn sleep<R: Runtime>(rt: &R, d: Duration) {
-    rt.sleep_until(Instant::now() + d).await;
-}
-
-/// Runs `future` for at most `d`.
-async fn within<R: Runtime, F: Future>(rt: &R, d: Duration, future: F) -> Option<F::Output> {
-    let (future, timer) = (std::pin::pin!(future), std::pin::pin!(sleep(rt, d)));
-    match select(future, timer).await {
-        Either::Left((out, _)) => Some(out),
-        Either::Right(_) => None,
-    }
-}
-
-/// Spawns a test task; its receiver gives `Err` if the task panicked.
-fn spawn<R: Runtime, T: Send + 'static>(
-    rt: &R,
-    future: impl Future<Output = T> + Send + 'static,
-) -> oneshot::Receiver<T> {
-    let (tx, rx) = oneshot::channel();
-    rt.spawn(async move {
-        let _ = tx.send(future.await);
-    });
-    rx
+    crate::support::skip("redis", test, why, ".ci/run starts the server");
 }
 
 /// A command from its words.

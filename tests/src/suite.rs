@@ -1372,12 +1372,8 @@ fn within_5s<'a, R: Runtime, T: 'a>(
 ) -> impl std::future::Future<Output = T> + 'a {
     let caller = std::panic::Location::caller();
     async move {
-        let limit = rt.sleep(Duration::from_secs(5));
-        futures::pin_mut!(future, limit);
-        match select(future, limit).await {
-            Either::Left((out, _)) => out,
-            Either::Right(_) => panic!("{what} (at {caller}) did not finish within 5 s"),
-        }
+        let what = format!("{what} (at {caller})");
+        bounded(rt, Duration::from_secs(5), &what, future).await
     }
 }
 
