@@ -21,12 +21,13 @@
 
 pub use driver::{
     Acquire, BuildError, Builder, ConnectError, DeadlockError, Error, LeakReport, Manager, Metrics,
-    Pool, PooledConnection, Runtime,
+    Pool, PooledConnection, Runtime, WaitTimes,
 };
 pub use machine::{Shed, Status, TaskId};
 
 pub mod driver;
 pub mod machine;
+pub mod observability;
 pub mod sim;
 
 /// Declares, in a runtime adapter crate, the pool types bound to its runtime (`Pool<M>`,
@@ -41,7 +42,7 @@ macro_rules! adapter_types {
     ($runtime:ty, $name:literal) => {
         pub use $crate::{
             BuildError, ConnectError, DeadlockError, Error, LeakReport, Manager, Metrics, Shed,
-            Status,
+            Status, WaitTimes,
         };
 
         #[doc = concat!("A pool running on ", $name, ": [`pool_core::Pool`] with its runtime chosen.")]

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
+use tracing::Span;
+
 use super::error::{ConnectError, DeadlockError, Error};
 use super::guard::PooledConnection;
 use super::holders::{context_of, Site};
@@ -21,7 +23,13 @@ type Checking<'a, M, R> = Pin<Box<dyn Future<Output = Checked<'a, M, R>> + Send 
 
 enum Stage<'a, M: Manager, R: Runtime> {
     Start,
-    Waiting { waiter: WaiterId, since: Instant },
+    /// Queued in the machine since `since`, inside the `pool.wait` span (see
+    /// [`wait_span`]).
+    Waiting {
+        waiter: WaiterId,
+        since: Instant,
+        span: Span,
+    },
     Checking(Checking<'a, M, R>),
     Done,
 }
@@ -82,7 +90,8 @@ impl<'a, M: Manager, R: Runtime> Acquire<'a, M, R> {
         // the check runs.
         let skip = !settings.check_on_checkout
             || now.saturating_duration_since(conn.last_used) < settings.check_bypass;
-        let mut guard = PooledConnection::new(shared, lease, conn);
+        let lent_at = shared.instruments.lent_at(now);
+        let mut guard = PooledConnection::new(shared, lease, conn, lent_at);
         // Never lend a connection the manager can already tell is broken (the server closed
         // it while it was idle): close it and acquire again. A panic there counts as broken.
         let broken = shared.panics.guard("Manager::has_broken", || {
@@ -120,6 +129,7 @@ impl<'a, M: Manager, R: Runtime> Acquire<'a, M, R> {
         status.waiting += 1;
         let last_connect_error = state.machine.last_connect_error().cloned();
         drop(state);
+        shared.instruments.timed_out();
         Error::TimedOut(TimedOut {
             waited: self.waited(now),
             status,
@@ -132,6 +142,7 @@ impl<'a, M: Manager, R: Runtime> Acquire<'a, M, R> {
     fn report_self_wait(&self, held: LeaseId) {
         let held_at = self.pool.shared.holders.site(held);
         tracing::warn!(
+            pool = %self.pool.shared.name,
             lease = held.serial(),
             held_at = held_at.map(tracing::field::display),
             waiting_at = %self.site,
@@ -144,11 +155,40 @@ impl<'a, M: Manager, R: Runtime> Acquire<'a, M, R> {
         );
     }
 
+    /// Ends the wait in the queue at `now` with `outcome`: records both in its span and
+    /// returns the span (closed when dropped). The stage is left `Done` for the caller to
+    /// replace.
+    fn end_wait(&mut self, outcome: &'static str, now: Instant) -> Span {
+        match std::mem::replace(&mut self.stage, Stage::Done) {
+            Stage::Waiting { since, span, .. } => {
+                let waited = now.saturating_duration_since(since);
+                span.record("outcome", outcome);
+                span.record("waited_ms", waited.as_secs_f64() * 1e3);
+                span
+            }
+            _ => Span::none(),
+        }
+    }
+
     /// How long this acquire has waited by `now`.
     fn waited(&self, now: Instant) -> Duration {
         self.started
             .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
     }
+}
+
+/// The span of an acquire that has to wait, from the moment it queues until it is granted
+/// a connection or fails (or is dropped): `pool.wait`, at INFO, with the pool's name and, at
+/// its end, the `outcome` (`acquired`, `timed_out`, `shed`, `connect_failed`, `deadlock`,
+/// `closed`, `cancelled`) and `waited_ms`. An acquire served at once gets none (see the
+/// [`observability`](crate::observability) module).
+fn wait_span(pool: &str) -> Span {
+    tracing::info_span!(
+        "pool.wait",
+        pool,
+        outcome = tracing::field::Empty,
+        waited_ms = tracing::field::Empty,
+    )
 }
 
 /// What [`Acquire::checkout`] decided for a leased connection.
@@ -209,7 +249,11 @@ async fn check<'a, M: Manager, R: Runtime>(
         None if by_deadline => return Checked::Deadline,
         None => format!("timed out after {limit:?}"),
     };
-    tracing::warn!(%error, "checkout check failed; closing the connection and trying again");
+    tracing::warn!(
+        pool = %shared.name,
+        %error,
+        "checkout check failed; closing the connection and trying again"
+    );
     shared.lock().metrics.checks_failed += 1;
     Checked::Failed
 }
@@ -246,6 +290,7 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                         match this.checkout(lease, conn, now, caller) {
                             Checkout::Lend(guard) => {
                                 this.stage = Stage::Done;
+                                shared.instruments.served(this.started, || now);
                                 return Poll::Ready(Ok(guard));
                             }
                             Checkout::Next(stage) => this.stage = stage,
@@ -318,26 +363,31 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                             match this.checkout(lease, conn, now, caller) {
                                 Checkout::Lend(guard) => {
                                     this.stage = Stage::Done;
+                                    shared.instruments.served(this.started, || now);
                                     return Poll::Ready(Ok(guard));
                                 }
                                 Checkout::Next(stage) => this.stage = stage,
                             }
                         }
                         Ok(Acquired::Waiting(waiter)) => {
-                            this.stage = Stage::Waiting { waiter, since: now };
+                            this.stage = Stage::Waiting {
+                                waiter,
+                                since: now,
+                                span: wait_span(&shared.name),
+                            };
                             return Poll::Pending;
                         }
                         Err(e) => {
                             this.stage = Stage::Done;
                             let e = this.convert(e, now);
                             if let Error::Deadlock(_) = &e {
-                                tracing::warn!("{e}");
+                                tracing::warn!(pool = %shared.name, "{e}");
                             }
                             return Poll::Ready(Err(e));
                         }
                     }
                 }
-                Stage::Waiting { waiter, since } => {
+                Stage::Waiting { waiter, since, .. } => {
                     let (waiter, since) = (*waiter, *since);
                     let now = shared.runtime.now();
                     let outcome = shared.transition(|state| {
@@ -351,6 +401,7 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                                 m.acquired_after_wait += 1;
                                 m.wait_total += waited;
                                 m.wait_max = m.wait_max.max(waited);
+                                m.wait_times.record(waited);
                             }
                             Err(AcquireError::TimedOut(_)) => state.metrics.timed_out += 1,
                             Err(AcquireError::ConnectFailed(..)) => state.metrics.failed_fast += 1,
@@ -362,23 +413,36 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                     });
                     match outcome {
                         Ok(None) => return Poll::Pending,
-                        Ok(Some((lease, conn))) => match this.checkout(lease, conn, now, caller) {
-                            Checkout::Lend(guard) => {
-                                this.stage = Stage::Done;
-                                return Poll::Ready(Ok(guard));
+                        Ok(Some((lease, conn))) => {
+                            drop(this.end_wait("acquired", now));
+                            match this.checkout(lease, conn, now, caller) {
+                                Checkout::Lend(guard) => {
+                                    this.stage = Stage::Done;
+                                    shared.instruments.served(this.started, || now);
+                                    return Poll::Ready(Ok(guard));
+                                }
+                                Checkout::Next(stage) => this.stage = stage,
                             }
-                            Checkout::Next(stage) => this.stage = stage,
-                        },
+                        }
                         Err(e) => {
-                            this.stage = Stage::Done;
+                            let outcome = match &e {
+                                AcquireError::TimedOut(_) => "timed_out",
+                                AcquireError::Shed(_) => "shed",
+                                AcquireError::ConnectFailed(..) => "connect_failed",
+                                AcquireError::Deadlock(_) => "deadlock",
+                                _ => "closed",
+                            };
+                            // The error's event belongs to the wait: inside its span.
+                            let span = this.end_wait(outcome, now);
+                            let _in_span = span.enter();
                             let e = this.convert(e, now);
                             match &e {
-                                Error::TimedOut(t) => tracing::warn!("{t}"),
+                                Error::TimedOut(t) => tracing::warn!(pool = %shared.name, "{t}"),
                                 Error::ConnectFailed(..) | Error::Deadlock(_) => {
-                                    tracing::warn!("{e}")
+                                    tracing::warn!(pool = %shared.name, "{e}")
                                 }
                                 // Overload sheds many at once: counted, logged quietly.
-                                Error::Shed(_) => tracing::debug!("{e}"),
+                                Error::Shed(_) => tracing::debug!(pool = %shared.name, "{e}"),
                                 _ => {}
                             }
                             return Poll::Ready(Err(e));
@@ -388,6 +452,8 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                 Stage::Checking(checking) => match ready!(checking.as_mut().poll(cx)) {
                     Checked::Passed(guard) => {
                         this.stage = Stage::Done;
+                        let now = || shared.runtime.now();
+                        shared.instruments.served(this.started, now);
                         return Poll::Ready(Ok(guard));
                     }
                     // The check failed and the connection was closed: try again, same deadline.
@@ -395,7 +461,7 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                     Checked::Deadline => {
                         this.stage = Stage::Done;
                         let e = this.timed_out(shared.runtime.now());
-                        tracing::warn!("{e} (during the checkout check)");
+                        tracing::warn!(pool = %shared.name, "{e} (during the checkout check)");
                         return Poll::Ready(Err(e));
                     }
                 },
@@ -415,6 +481,7 @@ impl<M: Manager, R: Runtime> Acquire<'_, M, R> {
     ) -> Error<M::Error> {
         match e {
             AcquireError::TimedOut(mut t) => {
+                self.pool.shared.instruments.timed_out();
                 t.waited = self.waited(now);
                 Error::TimedOut(t)
             }
@@ -445,6 +512,7 @@ impl<M: Manager, R: Runtime> Drop for Acquire<'_, M, R> {
                 state.unregister(waiter)
             });
             drop(waker);
+            drop(self.end_wait("cancelled", now));
         }
     }
 }

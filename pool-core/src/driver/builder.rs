@@ -1,6 +1,7 @@
 //! The builder: one setter per setting, every setting validated by `build`.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,9 +43,39 @@ impl<M: Manager, R: Runtime> Builder<M, R> {
                 reset_timeout: Duration::from_secs(5),
                 leak_backtraces: false,
                 on_leak: None,
+                name: None,
+                metrics: cfg!(feature = "metrics"),
             },
             runtime: None,
         }
+    }
+
+    /// The pool's name: the `db.client.connection.pool.name` label of its metrics (with the
+    /// `metrics` feature), the `pool` field of its tracing events and spans, and part of
+    /// its `Debug`. Name each pool of a process differently. Without a name, `build` names
+    /// pools `pool-1`, `pool-2`, ... in the order they are built (as HikariCP does).
+    ///
+    /// ```
+    /// # fn configure<M: pool_core::Manager, R: pool_core::Runtime>(b: pool_core::Builder<M, R>) -> pool_core::Builder<M, R> {
+    /// b.name("orders")
+    /// # }
+    /// ```
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.settings.name = Some(Arc::from(name.into()));
+        self
+    }
+
+    /// Whether this pool emits its OpenTelemetry connection-pool instruments through the
+    /// `metrics` crate's facade (default `true`; only with the `metrics` feature). They are
+    /// registered with the recorder in force when [`build`](Self::build) runs: install
+    /// the global recorder first (or build inside `metrics::with_local_recorder`). With
+    /// them on, every lend and give-back reads the clock, for the use time (see
+    /// `ARCHITECTURE.md`, "Observability"); turn them off for a pool that must not pay
+    /// that.
+    #[cfg(feature = "metrics")]
+    pub fn metrics(mut self, enabled: bool) -> Self {
+        self.settings.metrics = enabled;
+        self
     }
 
     /// The most connections open at once (counting those opening and closing).
@@ -335,6 +366,11 @@ impl<M: Manager, R: Runtime> Builder<M, R> {
         let mut settings = self.settings;
         // Backtraces serve leak reports only: without a threshold there are none to serve.
         settings.leak_backtraces &= self.config.leak_threshold.is_some();
+        if settings.name.is_none() {
+            static BUILT: AtomicU64 = AtomicU64::new(1);
+            let n = BUILT.fetch_add(1, Ordering::Relaxed);
+            settings.name = Some(Arc::from(format!("pool-{n}")));
+        }
         let machine = Machine::new(self.config)?;
         let runtime = match self.runtime {
             Some(runtime) => runtime,
@@ -352,6 +388,7 @@ impl<M: Manager, R: Runtime> Builder<M, R> {
 impl<M: Manager, R: Runtime> fmt::Debug for Builder<M, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
+            .field("name", &self.settings.name)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }

@@ -71,6 +71,8 @@ impl ClockPolicy {
             seed: _,
         } = config;
         let Settings {
+            name: _, // a label
+            metrics,
             acquire_timeout: _, // a lend never waits; the full acquire always reads the clock
             connect_timeout: _,
             check_on_checkout,
@@ -80,6 +82,9 @@ impl ClockPolicy {
             leak_backtraces: _, // only with a leak threshold
             on_leak: _,
         } = settings;
+        // The use-time histogram measures every lend, to its give-back (`instruments.rs`);
+        // only ever set with the `metrics` feature.
+        let use_time = *metrics;
         let lifetime = max_lifetime.is_some();
         // The bypass window compares the lend's time with the return's.
         let bypass = *check_on_checkout && !check_bypass.is_zero();
@@ -88,13 +93,18 @@ impl ClockPolicy {
                 || leak_threshold.is_some()
                 || reclaim_after.is_some()
                 || *min_idle > 0
-                || bypass,
-            lane_lend: lifetime || bypass,
+                || bypass
+                || use_time,
+            lane_lend: lifetime || bypass || use_time,
             // Load shedding measures the wait of the waiter a returned connection goes to
             // (a connection going idle is a wait of zero, which needs no time, but the give-
             // back cannot know beforehand which it will be). A lease from the machine never
             // waited, and a lend from the lane never reaches the machine: neither needs it.
-            give_back: lifetime || idle_timeout.is_some() || bypass || queue_target.is_some(),
+            give_back: lifetime
+                || idle_timeout.is_some()
+                || bypass
+                || queue_target.is_some()
+                || use_time,
             epoch,
         }
     }
@@ -205,13 +215,17 @@ mod tests {
 
     /// The hot path's reads of the clock: nothing configured that looks at the time.
     fn lean(rt: &CountingClock) -> Builder<Unit, CountingClock> {
-        Pool::builder(Unit)
+        let builder = Pool::builder(Unit)
             .runtime(rt.clone())
             .max_size(2)
             .acquire_timeout(None)
             .idle_timeout(None)
             .max_lifetime(None)
-            .check_on_checkout(false)
+            .check_on_checkout(false);
+        // The instruments' use time reads the clock on every step (a row of its own below).
+        #[cfg(feature = "metrics")]
+        let builder = builder.metrics(false);
+        builder
     }
 
     /// Each hot-path step, under each feature that may need the time, reads the clock if and
@@ -225,7 +239,8 @@ mod tests {
         const G: Step = Step::GiveBack;
         // Each feature, and the steps that look at the time for it (the table this policy
         // derives; see `Step` for what each step reads the time for).
-        let features: [(&str, Configure, &[Step]); 10] = [
+        #[allow(unused_mut)]
+        let mut features: Vec<(&str, Configure, &[Step])> = vec![
             ("nothing", |b| b, &[]),
             (
                 "max_lifetime",
@@ -268,6 +283,8 @@ mod tests {
             ),
             ("a bound on waiters", |b| b.max_waiters(Some(4)), &[]),
         ];
+        #[cfg(feature = "metrics")]
+        features.push(("the metrics' use time", |b| b.metrics(true), &[L, N, G]));
         let mut reading = 0;
         for (feature, configure, needing) in features {
             let rt = CountingClock::default();

@@ -5,6 +5,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use super::clock_policy::Step;
+use super::instruments::LentAt;
 use super::runtime::{Manager, Runtime};
 use super::shared::{ConnOf, Shared};
 use crate::machine::{Lease, LeaseId, Release};
@@ -27,6 +28,9 @@ pub struct PooledConnection<'a, M: Manager, R: Runtime> {
     inner: Option<(Lease, ConnOf<M>)>,
     /// Close instead of reuse on drop (the connection's state is unknown).
     pub(crate) close_on_drop: bool,
+    /// When the lend began, for the use-time instrument (empty without the `metrics`
+    /// feature).
+    lent_at: LentAt,
 }
 
 /// Where a guard gives its connection back: the pool it borrows, or a handle of its own.
@@ -45,11 +49,17 @@ impl<M: Manager, R: Runtime> Lender<'_, M, R> {
 }
 
 impl<'a, M: Manager, R: Runtime> PooledConnection<'a, M, R> {
-    pub(crate) fn new(shared: &'a Arc<Shared<M, R>>, lease: Lease, conn: ConnOf<M>) -> Self {
+    pub(crate) fn new(
+        shared: &'a Arc<Shared<M, R>>,
+        lease: Lease,
+        conn: ConnOf<M>,
+        lent_at: LentAt,
+    ) -> Self {
         Self {
             lender: Lender::Borrowed(shared),
             inner: Some((lease, conn)),
             close_on_drop: false,
+            lent_at,
         }
     }
 
@@ -67,6 +77,7 @@ impl<'a, M: Manager, R: Runtime> PooledConnection<'a, M, R> {
             lender: Lender::Owned(Arc::clone(self.lender.shared())),
             inner: self.inner.take(),
             close_on_drop: self.close_on_drop,
+            lent_at: self.lent_at,
         }
     }
 
@@ -110,7 +121,7 @@ impl<'a, M: Manager, R: Runtime> PooledConnection<'a, M, R> {
         if let Some((lease, conn)) = self.inner.take() {
             let shared = self.lender.shared();
             shared.holders.clear(lease.id());
-            release(shared, lease, conn, how);
+            release(shared, lease, conn, how, LentAt::default());
         }
     }
 
@@ -191,24 +202,29 @@ impl<M: Manager, R: Runtime> Drop for PooledConnection<'_, M, R> {
             match verdict {
                 Some((true, _)) | None => Release::Broken,
                 Some((false, true)) => {
+                    let now = || shared.runtime.now();
+                    shared.instruments.returned(self.lent_at, now);
                     shared.spawn_reset(lease, conn);
                     return;
                 }
                 Some((false, false)) => Release::Reuse,
             }
         };
-        release(shared, lease, conn, how);
+        release(shared, lease, conn, how, self.lent_at);
     }
 }
 
-/// Hands a connection back to the pool.
+/// Hands a connection back to the pool; one lent at `lent_at` counts towards the use-time
+/// instrument.
 pub(crate) fn release<M: Manager, R: Runtime>(
     shared: &Arc<Shared<M, R>>,
     lease: Lease,
     mut conn: ConnOf<M>,
     how: Release,
+    lent_at: LentAt,
 ) {
     let now = shared.now(Step::GiveBack);
+    shared.instruments.returned(lent_at, || now);
     conn.last_used = now;
     shared.release(lease, conn, how, now);
 }

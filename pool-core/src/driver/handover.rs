@@ -25,9 +25,13 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
         let lane = self.lane.as_ref()?;
         loop {
             let (lease, conn) = match lane.take() {
-                Taken::Lent(parked) => parked,
+                Taken::Lent(parked) => {
+                    self.instruments.left_lane();
+                    parked
+                }
                 Taken::Nothing => return None,
                 Taken::HandBack((lease, conn)) => {
+                    self.instruments.left_lane();
                     let now = self.now(Step::LaneLend);
                     self.release(lease, conn, Release::Reuse, now);
                     return None;
@@ -54,7 +58,10 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
         let (lease, conn) = match &self.lane {
             Some(lane) if how == Release::Reuse && lease.expires().is_none_or(|t| t > now) => {
                 match lane.offer((lease, conn)) {
-                    None => return,
+                    None => {
+                        self.instruments.parked();
+                        return;
+                    }
                     // The lane was closed or full, or closed while this one went in: the
                     // machine takes this one, or another parked one, instead.
                     Some(back) => back,
@@ -106,6 +113,7 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
     pub(crate) fn hand_over(&self, lane: &Lane<Parked<M>>, state: &mut State<M>) {
         let mut now = None;
         while let Some((lease, conn)) = lane.hand_over() {
+            state.counted.handed_over();
             let at = returned_at(&lease, &conn, || {
                 *now.get_or_insert_with(|| self.runtime.now())
             });

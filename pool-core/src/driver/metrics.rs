@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::wait_times::WaitTimes;
 use crate::machine::CloseReason;
 
 /// Cumulative counters of a pool.
@@ -16,6 +17,9 @@ pub struct Metrics {
     pub wait_total: Duration,
     /// The longest such wait.
     pub wait_max: Duration,
+    /// The distribution of every served acquire's wait (zero for those served at once):
+    /// percentiles (`wait_times.p99()`), count and maximum.
+    pub wait_times: WaitTimes,
     /// Acquires that timed out.
     pub timed_out: u64,
     /// Acquires shed because the pool was overloaded ([`Error::Shed`](super::Error::Shed)).

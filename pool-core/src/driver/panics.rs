@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 
 /// Counts the panics a pool caught. Clones share the count (a spawned task keeps one).
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Panics(Arc<AtomicU64>);
+pub(crate) struct Panics(Arc<(AtomicU64, Arc<str>)>);
 
 impl AsRef<Panics> for Panics {
     fn as_ref(&self) -> &Panics {
@@ -28,6 +28,11 @@ impl AsRef<Panics> for Panics {
 }
 
 impl Panics {
+    /// The policy of the pool named `pool` (the name goes into its log events).
+    pub(crate) fn named(pool: Arc<str>) -> Self {
+        Self(Arc::new((AtomicU64::new(0), pool)))
+    }
+
     /// Runs `f` (user code); `None` if it panicked, which is logged as `what` and counted.
     pub(crate) fn guard<T>(&self, what: &'static str, f: impl FnOnce() -> T) -> Option<T> {
         match catch_unwind(AssertUnwindSafe(f)) {
@@ -72,17 +77,18 @@ impl Panics {
 
     /// How many panics were caught.
     pub(crate) fn count(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0 .0.load(Ordering::Relaxed)
     }
 
     fn caught(&self, what: &'static str, payload: &(dyn std::any::Any + Send)) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.0 .0.fetch_add(1, Ordering::Relaxed);
         let message = payload
             .downcast_ref::<&str>()
             .copied()
             .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
             .unwrap_or("(a panic payload that is not a string)");
         tracing::error!(
+            pool = %self.0 .1,
             panicked = what,
             message,
             "user code panicked; the pool caught it and goes on"

@@ -106,8 +106,8 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
     pub fn try_get(&self) -> Result<PooledConnection<'_, M, R>, Error<M::Error>> {
         let site = Location::caller();
         loop {
-            let (lease, conn) = match self.shared.lend_parked() {
-                Some((lease, conn, _)) => (lease, conn),
+            let (lease, conn, now) = match self.shared.lend_parked() {
+                Some(lent) => lent,
                 None => {
                     let now = self.shared.now(Step::Lease);
                     let outcome = self.shared.transition(|state| {
@@ -115,12 +115,14 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
                         if outcome.is_ok() {
                             state.metrics.acquired += 1;
                         }
-                        outcome.map_err(|e| match e {
-                            AcquireError::Exhausted(_) => {
-                                Error::Exhausted(self.shared.status(state))
-                            }
-                            _ => Error::Closed,
-                        })
+                        outcome
+                            .map(|(lease, conn)| (lease, conn, now))
+                            .map_err(|e| match e {
+                                AcquireError::Exhausted(_) => {
+                                    Error::Exhausted(self.shared.status(state))
+                                }
+                                _ => Error::Closed,
+                            })
                     });
                     outcome?
                 }
@@ -130,9 +132,12 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
                 context: None,
             });
             self.shared.holders.lent(lease.id(), caller, site);
-            let mut guard = PooledConnection::new(&self.shared, lease, conn);
+            let lent_at = self.shared.instruments.lent_at(now);
+            let mut guard = PooledConnection::new(&self.shared, lease, conn, lent_at);
             // As in `get`: a connection known to be broken is closed, never lent.
             if !self.shared.manager.has_broken(guard.raw_mut()) {
+                // It never waits: a wait of zero.
+                self.shared.instruments.served(None, || now);
                 return Ok(guard);
             }
             guard.close(Release::Broken);
@@ -211,6 +216,11 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
         }
     }
 
+    /// The pool's name (see [`Builder::name`](super::Builder::name)).
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
     /// The pool's counts right now.
     pub fn status(&self) -> Status {
         self.shared.status(&self.shared.lock())
@@ -254,7 +264,9 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
     pub fn set_max_size(&self, max_size: usize) -> Result<(), ConfigError> {
         let now = self.shared.runtime.now();
         self.shared
-            .transition(|state| state.machine.set_max_size(max_size, now))
+            .transition(|state| state.machine.set_max_size(max_size, now))?;
+        self.shared.instruments.set_max_size(max_size);
+        Ok(())
     }
 
     /// The manager.
@@ -266,6 +278,7 @@ impl<M: Manager, R: Runtime> Pool<M, R> {
 impl<M: Manager, R: Runtime> fmt::Debug for Pool<M, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut s = f.debug_struct("Pool");
+        s.field("name", &self.shared.name);
         match self.shared.try_lock() {
             Some(state) => s.field("status", &self.shared.status(&state)),
             None => s.field("status", &format_args!("<locked>")),

@@ -1,5 +1,6 @@
 //! The driver's own settings (the machine's are in its [`Config`](crate::machine::Config)).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::leak::LeakHook;
@@ -8,6 +9,11 @@ use super::leak::LeakHook;
 /// `build`.
 #[derive(Clone)]
 pub(crate) struct Settings {
+    /// The pool's name, in its metrics, its tracing events and spans, and its `Debug`
+    /// (`None`: `build` names it `pool-N`).
+    pub(crate) name: Option<Arc<str>>,
+    /// Whether the pool emits its instruments (only with the `metrics` feature).
+    pub(crate) metrics: bool,
     pub(crate) acquire_timeout: Option<Duration>,
     pub(crate) connect_timeout: Duration,
     pub(crate) check_on_checkout: bool,
@@ -17,4 +23,11 @@ pub(crate) struct Settings {
     /// Only with a leak threshold (`build` clears it otherwise).
     pub(crate) leak_backtraces: bool,
     pub(crate) on_leak: Option<LeakHook>,
+}
+
+impl Settings {
+    /// The pool's name (`build` always sets one).
+    pub(crate) fn name(&self) -> Arc<str> {
+        self.name.clone().unwrap_or_else(|| Arc::from("pool"))
+    }
 }

@@ -12,6 +12,7 @@ use parking_lot::{Mutex, MutexGuard};
 use super::clock_policy::{ClockPolicy, Step};
 use super::error::ConnectError;
 use super::holders::Holders;
+use super::instruments::Instruments;
 use super::lane::Lane;
 use super::metrics::Metrics;
 use super::panics::Panics;
@@ -52,6 +53,11 @@ pub(crate) struct Shared<M: Manager, R: Runtime> {
     pub(crate) min_idle: bool,
     /// Who holds each lease (see `holders.rs`).
     pub(crate) holders: Holders,
+    /// The pool's name (see [`Builder::name`](super::Builder::name)).
+    pub(crate) name: Arc<str>,
+    /// The OpenTelemetry instruments (nothing without the `metrics` feature; see
+    /// `instruments.rs`).
+    pub(crate) instruments: Instruments,
     state: Mutex<State<M>>,
     /// Wakes the maintenance task when its deadline moves earlier (and when the pool goes).
     pub(crate) timer: Event,
@@ -73,16 +79,21 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
         }
         .filter(|_| lane.is_some())
         .map(|t| (t / 4).max(Duration::from_millis(1)));
+        let name = settings.name();
+        let instruments =
+            Instruments::new(&name, settings.metrics, config.max_size, config.min_idle);
         Arc::new(Self {
             manager,
             runtime,
             settings,
             clock_policy,
-            panics: Panics::default(),
+            panics: Panics::named(Arc::clone(&name)),
             lane,
             hand_over_every,
             min_idle: config.min_idle > 0,
             holders: Holders::new(config.max_size),
+            name,
+            instruments,
             state: Mutex::new(state),
             timer: Event::new(),
             drained: Event::new(),
@@ -129,6 +140,10 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
         if let Some(lane) = &self.lane {
             metrics.acquired += lane.lent();
         }
+        // Only waits are recorded as they happen (under the lock); every other served
+        // acquire (the lane's included) was a wait of zero.
+        let at_once = metrics.acquired.saturating_sub(metrics.acquired_after_wait);
+        metrics.wait_times.record_zeros(at_once);
         metrics.panics = self.panics.count();
         metrics
     }

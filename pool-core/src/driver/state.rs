@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::Instant;
 
+use super::instruments::Counted;
 use super::metrics::Metrics;
 use super::runtime::Manager;
 use super::shared::{ConnOf, ErrorOf};
@@ -20,6 +21,8 @@ pub(crate) struct State<M: Manager> {
     /// The instant the maintenance task sleeps until.
     pub(crate) armed: Option<Instant>,
     pub(crate) metrics: Metrics,
+    /// The connection counts last emitted to the instruments (see `instruments.rs`).
+    pub(crate) counted: Counted,
     /// Connections the machine refused while under the lock, dropped after it.
     pub(crate) rejected: Vec<ConnOf<M>>,
 }
@@ -32,6 +35,7 @@ impl<M: Manager> State<M> {
             backtraces: Vec::new(),
             armed: None,
             metrics: Metrics::default(),
+            counted: Counted::default(),
             rejected: Vec::new(),
         }
     }

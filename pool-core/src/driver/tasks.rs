@@ -9,6 +9,7 @@ use std::sync::{Arc, Weak};
 
 use super::error::ConnectError;
 use super::guard::release;
+use super::instruments::{ConnectTimer, LentAt};
 use super::runtime::{Manager, Runtime};
 use super::shared::{Conn, ConnOf, Shared};
 use super::util::{race, timeout};
@@ -47,15 +48,20 @@ async fn connect<M: Manager, R: Runtime>(shared: Arc<Shared<M, R>>, slot: SlotId
         shared: Arc<Shared<M, R>>,
         slot: SlotId,
         outcome: Option<Result<M::Connection, ConnectError<M::Error>>>,
+        /// When the connect began (for the create-time instrument).
+        timer: ConnectTimer,
     }
     impl<M: Manager, R: Runtime> Drop for Report<M, R> {
         fn drop(&mut self) {
             let outcome = self.outcome.take().unwrap_or(Err(ConnectError::Aborted));
             let now = self.shared.runtime.now();
             let slot = self.slot;
+            let pool = &*self.shared.name;
             let rejected = match outcome {
                 Ok(raw) => {
-                    tracing::debug!(slot = slot.index(), "connection opened");
+                    let timer = std::mem::take(&mut self.timer);
+                    self.shared.instruments.connected(timer, now);
+                    tracing::debug!(pool, slot = slot.index(), "connection opened");
                     self.shared.transition(|state| {
                         state.metrics.connects_ok += 1;
                         state
@@ -73,7 +79,7 @@ async fn connect<M: Manager, R: Runtime>(shared: Arc<Shared<M, R>>, slot: SlotId
                 }
                 Err(error) => {
                     let failure = self.shared.classify(&error);
-                    tracing::warn!(slot = slot.index(), %error, ?failure, "connect failed");
+                    tracing::warn!(pool, slot = slot.index(), %error, ?failure, "connect failed");
                     self.shared.transition(|state| {
                         state.metrics.connects_failed += 1;
                         state
@@ -89,10 +95,12 @@ async fn connect<M: Manager, R: Runtime>(shared: Arc<Shared<M, R>>, slot: SlotId
         }
     }
 
+    let timer = shared.instruments.connect_started(|| shared.runtime.now());
     let mut report = Report {
         shared,
         slot,
         outcome: None,
+        timer,
     };
     let shared = &report.shared;
     let limit = shared.settings.connect_timeout;
@@ -118,7 +126,7 @@ async fn reset<M: Manager, R: Runtime>(shared: Arc<Shared<M, R>>, lease: Lease, 
     impl<M: Manager, R: Runtime> Drop for Pending<M, R> {
         fn drop(&mut self) {
             if let Some((lease, conn)) = self.inner.take() {
-                release(&self.shared, lease, conn, self.how);
+                release(&self.shared, lease, conn, self.how, LentAt::default());
             }
         }
     }
@@ -143,7 +151,7 @@ async fn reset<M: Manager, R: Runtime>(shared: Arc<Shared<M, R>>, lease: Lease, 
     match ok {
         Ok(()) => pending.how = Release::Reuse,
         Err(error) => {
-            tracing::warn!(%error, "connection reset failed; closing it");
+            tracing::warn!(pool = %shared.name, %error, "connection reset failed; closing it");
             pending.shared.lock().metrics.resets_failed += 1;
         }
     }

@@ -102,6 +102,15 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
         }
         let out = f(&mut state);
         self.sync_lane(&mut state);
+        // The counts this transition changed, emitted after the lock (nothing without the
+        // `metrics` feature; see `instruments.rs`).
+        let counts = {
+            let state = &mut *state;
+            let machine = &state.machine;
+            state
+                .counted
+                .delta(self.instruments.enabled(), || machine.status())
+        };
         let first = state.machine.poll_action();
         // The common cases build no list of work: nothing to do but perhaps move the timer,
         // or a hand-off (a released connection granted to a waiter), which wakes one task
@@ -109,8 +118,10 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
         if state.rejected.is_empty() {
             match first {
                 None => {
-                    if state.rearm() {
-                        drop(state);
+                    let move_timer = state.rearm();
+                    drop(state);
+                    self.instruments.emit(counts);
+                    if move_timer {
                         self.timer.notify(1);
                     }
                     return out;
@@ -120,6 +131,7 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
                     let Some(next) = state.machine.poll_action() else {
                         let move_timer = state.rearm();
                         drop(state);
+                        self.instruments.emit(counts);
                         if let Some(waker) = waker {
                             waker.wake();
                         }
@@ -132,6 +144,7 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
                     work.wake = waker;
                     state.collect(next, &mut work);
                     drop(state);
+                    self.instruments.emit(counts);
                     self.after_unlock(work);
                     return out;
                 }
@@ -145,6 +158,7 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
             None => work.move_timer = state.rearm(),
         }
         drop(state);
+        self.instruments.emit(counts);
         self.after_unlock(work);
         out
     }
@@ -160,17 +174,23 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
             waker.wake();
         }
         for slot in work.opens.drain(..) {
-            tracing::debug!(slot = slot.index(), "opening a connection");
+            tracing::debug!(pool = %self.name, slot = slot.index(), "opening a connection");
             self.spawn_connect(slot);
         }
         for report in work.leaks.drain(..) {
-            tracing::warn!(lease = report.lease.serial(), held_for = ?report.held_for, "{report}");
+            tracing::warn!(
+                pool = %self.name,
+                lease = report.lease.serial(),
+                held_for = ?report.held_for,
+                "{report}"
+            );
             if let Some(hook) = &self.settings.on_leak {
                 self.panics.guard("the on_leak hook", || hook(&report));
             }
         }
         for (lease, held_for) in work.reclaims.drain(..) {
             tracing::warn!(
+                pool = %self.name,
                 lease = lease.serial(),
                 ?held_for,
                 "lease reclaimed as abandoned: it no longer counts against max_size and its connection will be closed when it comes back"
@@ -180,7 +200,7 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
             self.timer.notify(1);
         }
         if work.drained {
-            tracing::debug!("pool drained");
+            tracing::debug!(pool = %self.name, "pool drained");
             self.drained.notify(usize::MAX);
         }
         let rejected = std::mem::take(&mut work.rejected);
@@ -188,7 +208,7 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
         if !work.closes.is_empty() {
             let mut closed = Vec::with_capacity(work.closes.len());
             for (slot, conn, reason) in work.closes.drain(..) {
-                tracing::debug!(slot = slot.index(), %reason, "closing a connection");
+                tracing::debug!(pool = %self.name, slot = slot.index(), %reason, "closing a connection");
                 self.panics.drop_guarded("a connection's Drop", conn);
                 closed.push(slot);
             }
