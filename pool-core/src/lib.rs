@@ -17,6 +17,9 @@
 //!
 //! `ARCHITECTURE.md`, at the repository's root, describes the layers, the invariants and
 //! where each is tested, the locking rules, the return lane and what runs in which task.
+//! What the pool reports (its metrics, with the `metrics` feature the OpenTelemetry
+//! connection-pool instruments, its tracing span and every event it emits, with levels and
+//! fields) is listed in [`observability`].
 #![warn(missing_docs)]
 
 pub use driver::{
@@ -63,7 +66,8 @@ macro_rules! adapter_types {
         /// | [`with_connection(f)`](Pool::with_connection) | runs async `f` with a connection, giving it back after |
         /// | [`interact(f)`](Pool::interact) | runs blocking `f` with a connection on the blocking pool |
         /// | [`status()`](Pool::status) | the counts right now: in use, idle, opening, waiting |
-        /// | [`metrics()`](Pool::metrics) | the counters since the pool was built |
+        /// | [`metrics()`](Pool::metrics) | the counters since the pool was built, and the acquire-wait percentiles |
+        /// | [`name()`](Pool::name) | the pool's name, in its metrics and tracing |
         /// | [`close()`](Pool::close) | fails waiters, refuses new acquires, closes connections as they come back |
         /// | [`is_closed()`](Pool::is_closed) | whether `close` was called |
         /// | [`drained()`](Pool::drained) | resolves once a closed pool's last connection is closed |

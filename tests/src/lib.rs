@@ -76,6 +76,7 @@ macro_rules! conformance {
             a_self_wait_on_a_connection_another_task_holds_is_reported_and_served,
             a_guard_moved_to_another_task_and_used_there_is_no_self_wait,
             same_waker_branches_are_reported_and_served_by_default,
+            metrics_give_wait_percentiles_of_every_served_acquire,
         );
     };
     (@tests $rt:ty, $block_on:path; $($name:ident),+ $(,)?) => {

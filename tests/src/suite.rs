@@ -1813,3 +1813,47 @@ pub async fn blocking_callers_time_out_and_see_the_pool_close<R: Runtime>() {
     drop(held);
     assert_drains(&rt, &pool).await;
 }
+
+/// `metrics()` gives the distribution of acquire waits: every served acquire counts (those
+/// served at once as zero), percentiles follow it, and the maximum is the longest wait.
+pub async fn metrics_give_wait_percentiles_of_every_served_acquire<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(1));
+    // The first acquire waits for the first connect; then nine are served at once.
+    pool.ready().await.expect("a connection opens");
+    for _ in 0..9 {
+        drop(pool.get().await.expect("the idle connection"));
+    }
+    let m = pool.metrics();
+    assert_eq!(m.wait_times.count(), 10, "{m:?}");
+    assert_eq!(m.wait_times.p50(), Duration::ZERO, "{m:?}");
+    // One waiter held back by another task for 200 ms.
+    let held = hold_in_another_task(&rt, &pool).await;
+    let waiter = {
+        let pool = pool.clone();
+        rt.spawn(async move { pool.get().await.map(|c| c.id) })
+    };
+    wait_until(&rt, || pool.status().waiting == 1).await;
+    rt.sleep(Duration::from_millis(200)).await;
+    drop(held);
+    assert!(waiter.await.expect("the waiter ran").is_ok());
+    let m = pool.metrics();
+    let w = &m.wait_times;
+    // ready, nine at once, the holder (at once), the waiter.
+    assert_eq!(w.count(), 12, "{m:?}");
+    assert_eq!(w.count(), m.acquired, "{m:?}");
+    assert_eq!(w.max(), m.wait_max, "{m:?}");
+    assert!(w.max() >= Duration::from_millis(200), "{m:?}");
+    assert_eq!(
+        w.p50(),
+        Duration::ZERO,
+        "ten of twelve waited nothing: {m:?}"
+    );
+    // The 11th of 12 is the first connect's wait, the 12th the held-back waiter's.
+    assert!(w.p90() < Duration::from_millis(200), "{m:?}");
+    assert!(
+        w.p99() >= Duration::from_millis(200) && w.p99() <= w.max(),
+        "{m:?}"
+    );
+    assert_eq!(w.quantile(1.0), w.max());
+}
