@@ -733,22 +733,7 @@ pub async fn dropped_blocking_command_within_the_drain_is_drained_and_the_connec
         abandon_once_blocked(&mut rd, &mut conn, &["BLPOP", &list, "0.3"]).await;
         conn.client_id()
     };
-    let mut conn = get(&pool).await;
-    assert_eq!(conn.client_id(), first, "the same connection, drained");
-    let _: () = ok(&mut conn, &["SET", &key, "mine", "EX", "60"]).await;
-    let v: String = ok(&mut conn, &["GET", &key]).await;
-    assert_eq!(
-        v, "mine",
-        "the reply is this borrower's, not the abandoned BLPOP's"
-    );
-    drop(conn);
-    let stats = pool.manager().stats();
-    assert_eq!(
-        (stats.drains, stats.closed, stats.connects),
-        (1, 0, 1),
-        "{stats:?}"
-    );
-    rd.assert_settled(&pool).await;
+    next_borrower_is_served_on_the_drained_connection(&mut rd, &pool, first, &key, "BLPOP").await;
 }
 
 /// A borrower's `GET` is dropped at its first poll (the redis crate then may or may not have
@@ -773,13 +758,26 @@ pub async fn dropped_quick_command_is_drained_and_the_connection_kept<R: RedisRu
         }
         conn.client_id()
     };
-    let mut conn = get(&pool).await;
+    next_borrower_is_served_on_the_drained_connection(&mut rd, &pool, first, &key, "GET").await;
+}
+
+/// After a checkin drained what an abandoned command (`abandoned`) left due: the next
+/// borrower gets the same connection (`first`), its replies are its own, and the manager
+/// drained once, closed nothing and opened one connection.
+async fn next_borrower_is_served_on_the_drained_connection<R: RedisRuntime>(
+    rd: &mut Rd<R>,
+    pool: &RedisPool<R>,
+    first: i64,
+    key: &str,
+    abandoned: &str,
+) {
+    let mut conn = get(pool).await;
     assert_eq!(conn.client_id(), first, "the same connection, drained");
-    let _: () = ok(&mut conn, &["SET", &key, "after", "EX", "60"]).await;
-    let v: String = ok(&mut conn, &["GET", &key]).await;
+    let _: () = ok(&mut conn, &["SET", key, "mine", "EX", "60"]).await;
+    let v: String = ok(&mut conn, &["GET", key]).await;
     assert_eq!(
-        v, "after",
-        "the reply is this borrower's, not the abandoned GET's"
+        v, "mine",
+        "the reply is this borrower's, not the abandoned {abandoned}'s"
     );
     let pong: String = ok(&mut conn, &["PING"]).await;
     assert_eq!(pong, "PONG");
@@ -790,7 +788,7 @@ pub async fn dropped_quick_command_is_drained_and_the_connection_kept<R: RedisRu
         (1, 0, 1),
         "{stats:?}"
     );
-    rd.assert_settled(&pool).await;
+    rd.assert_settled(pool).await;
 }
 
 /// Leases that leave nothing behind cost no reset.
