@@ -30,6 +30,8 @@ pub enum Contender {
     Mobc,
     /// qp.
     Qp,
+    /// fastpool's bounded pool.
+    Fastpool,
     /// r2d2, driven by OS threads.
     R2d2,
     /// Floor: a tokio `Semaphore` and a `Mutex<Vec>`.
@@ -43,7 +45,7 @@ pub enum Contender {
 
 impl Contender {
     /// All of them, in column order.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::PoolTokio,
         Self::PoolAsyncStd,
         Self::PoolSmol,
@@ -52,6 +54,7 @@ impl Contender {
         Self::DeadpoolUnmanaged,
         Self::Mobc,
         Self::Qp,
+        Self::Fastpool,
         Self::R2d2,
         Self::FloorSemaphore,
         Self::FloorArrayQueue,
@@ -69,6 +72,7 @@ impl Contender {
             Self::DeadpoolUnmanaged => "deadpool-unmanaged",
             Self::Mobc => "mobc",
             Self::Qp => "qp",
+            Self::Fastpool => "fastpool",
             Self::R2d2 => "r2d2",
             Self::FloorSemaphore => "floor:semaphore",
             Self::FloorArrayQueue => "floor:arrayqueue",
@@ -90,6 +94,7 @@ impl Contender {
                 | Self::DeadpoolUnmanaged
                 | Self::Mobc
                 | Self::Qp
+                | Self::Fastpool
                 | Self::R2d2
         )
     }
@@ -130,6 +135,10 @@ impl Contender {
                  health_check_interval=None; `get()`"
             }
             Self::Qp => "qp 0.2: `Pool::new(manager, size)`; `acquire_unchecked()` (no validate)",
+            Self::Fastpool => {
+                "fastpool 1.1 bounded: `PoolConfig::new(size)`, queue_strategy=Fifo, \
+                 is_recyclable = `Ok(())`; `get()`"
+            }
             Self::R2d2 => {
                 "r2d2 0.8, one OS thread per worker: max_size=size, min_idle=None, \
                  test_on_check_out=false, idle_timeout=None, max_lifetime=None, \
@@ -167,6 +176,7 @@ impl Contender {
             Self::DeadpoolUnmanaged => run_tokio(spec, || make_deadpool_unmanaged(size)),
             Self::Mobc => run_tokio(spec, || make_mobc(size)),
             Self::Qp => run_tokio(spec, || async move { Ok(Qp(qp::Pool::new(Fake, size))) }),
+            Self::Fastpool => run_tokio(spec, || make_fastpool(size)),
             Self::R2d2 => run_threads(
                 spec,
                 r2d2::Pool::builder()
@@ -211,6 +221,7 @@ impl Contender {
                 time_hand_offs(rt, || make_deadpool_unmanaged(size), size, tasks, cycles)
             }
             Self::Mobc => time_hand_offs(rt, || make_mobc(size), size, tasks, cycles),
+            Self::Fastpool => time_hand_offs(rt, || make_fastpool(size), size, tasks, cycles),
             Self::FloorSemaphore => {
                 time_hand_offs(rt, || make_floor_semaphore(size), size, tasks, cycles)
             }
@@ -427,6 +438,49 @@ impl AsyncPool for Qp {
         self.0.acquire_unchecked().await.map_err(|e| e.to_string())
     }
 }
+
+/// fastpool 1.1.2 marks itself deprecated (its authors point to asyncband's pool); it is
+/// still the 1.1 release the benchmark compares against, so its warnings stop here.
+#[allow(deprecated)]
+mod fastpool_pool {
+    use std::io;
+
+    use super::Fake;
+    use crate::harness::{AsyncPool, Conn};
+
+    pub(super) async fn make_fastpool(size: usize) -> Result<Fastpool, String> {
+        let config = fastpool::bounded::PoolConfig::new(size)
+            .with_queue_strategy(fastpool::QueueStrategy::Fifo);
+        Ok(Fastpool(fastpool::bounded::Pool::new(config, Fake)))
+    }
+
+    impl fastpool::ManageObject for Fake {
+        type Object = Conn;
+        type Error = io::Error;
+        async fn create(&self) -> Result<Conn, io::Error> {
+            Ok(Conn::default())
+        }
+        async fn is_recyclable(
+            &self,
+            _: &mut Conn,
+            _: &fastpool::ObjectStatus,
+        ) -> Result<(), io::Error> {
+            Ok(())
+        }
+    }
+
+    /// fastpool's bounded pool; its `get` takes the pool by `&Arc`, as its documentation asks.
+    pub(super) struct Fastpool(std::sync::Arc<fastpool::bounded::Pool<Fake>>);
+
+    impl AsyncPool for Fastpool {
+        type Guard<'a> = fastpool::bounded::Object<Fake>;
+        async fn acquire(&self) -> Result<Self::Guard<'_>, String> {
+            self.0.get().await.map_err(|e| e.to_string())
+        }
+    }
+}
+
+use fastpool_pool::make_fastpool;
 
 impl r2d2::ManageConnection for Fake {
     type Connection = Conn;

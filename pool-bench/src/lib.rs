@@ -1,5 +1,5 @@
-//! Benchmarks this pool side by side with bb8, deadpool (managed and unmanaged), mobc, qp
-//! and r2d2, plus two hand-written floors, over a matrix of workers x pool size, and
+//! Benchmarks this pool side by side with bb8, deadpool (managed and unmanaged), mobc, qp,
+//! fastpool and r2d2, plus three hand-written floors, over a matrix of workers x pool size, and
 //! (opt-in) through tokio-postgres against a real PostgreSQL and through the redis crate
 //! against a real Redis.
 //!
@@ -24,7 +24,7 @@ use harness::{Hold, Spec};
 use report::{Cell, Record};
 
 const HELP: &str = "\
-pool-bench: this pool against bb8, deadpool, mobc, qp and r2d2, side by side
+pool-bench: this pool against bb8, deadpool, mobc, qp, fastpool and r2d2, side by side
 
 USAGE: pool-bench [OPTIONS]
 
@@ -39,8 +39,8 @@ USAGE: pool-bench [OPTIONS]
   --sizes LIST          comma-separated (default 1,4,16,64)
   --cycles LIST         touch,yield (default both)
   --pools LIST          column names to run (default all): pool/tokio, pool/async-std,
-                        pool/smol, bb8, deadpool, deadpool-unmanaged, mobc, qp, r2d2,
-                        floor:semaphore, floor:arrayqueue,
+                        pool/smol, bb8, deadpool, deadpool-unmanaged, mobc, qp,
+                        fastpool, r2d2, floor:semaphore, floor:arrayqueue,
                         floor:arrayqueue+budget
   --out DIR             where results.csv and chart.svg go (default target/pool-bench)
   --pg                  also run the PostgreSQL mode (select 1 through tokio-postgres)

@@ -56,11 +56,12 @@ enum PgPool {
     Deadpool,
     Mobc,
     Qp,
+    Fastpool,
     Sqlx,
 }
 
 impl PgPool {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::NoPool,
         Self::Ours,
         Self::OursPg,
@@ -68,6 +69,7 @@ impl PgPool {
         Self::Deadpool,
         Self::Mobc,
         Self::Qp,
+        Self::Fastpool,
         Self::Sqlx,
     ];
 
@@ -80,6 +82,7 @@ impl PgPool {
             Self::Deadpool => "deadpool-postgres 0.14",
             Self::Mobc => "mobc-postgres 0.9",
             Self::Qp => "qp-postgres 0.1",
+            Self::Fastpool => "fastpool 1.1",
             Self::Sqlx => "sqlx 0.9",
         }
     }
@@ -107,6 +110,11 @@ impl PgPool {
                  max_lifetime=None, max_idle_lifetime=None, health_check_interval=None"
             }
             Self::Qp => "qp_postgres::connect(config, NoTls, size); acquire_unchecked()",
+            Self::Fastpool => {
+                "bounded pool, PoolConfig::new(size) (Fifo); fastpool publishes no PostgreSQL \
+                 manager, so pool-bench's own: connect with NoTls, is_recyclable = is_closed \
+                 (like deadpool's RecyclingMethod::Fast)"
+            }
             Self::Sqlx => {
                 "sqlx's own driver: max_connections=size, test_before_acquire=false, \
                  acquire_timeout=1h, idle_timeout=None, max_lifetime=None; raw_sql"
@@ -236,6 +244,64 @@ impl PgSource for qp::Pool<QpManager> {
     type Guard<'a> = qp::Pooled<'a, QpManager>;
     async fn get(&self) -> Result<Self::Guard<'_>, String> {
         self.acquire_unchecked().await.map_err(|e| e.to_string())
+    }
+}
+
+/// fastpool 1.1.2 marks itself deprecated; see `contenders.rs`.
+#[allow(deprecated)]
+mod fastpool_pg {
+    use std::sync::Arc;
+
+    use tokio_postgres::{Client, NoTls};
+
+    use super::PgSource;
+
+    /// A tokio-postgres manager for fastpool (it publishes none): connect, and recycle a
+    /// client unless it is closed.
+    pub(super) struct Manager(tokio_postgres::Config);
+
+    impl fastpool::ManageObject for Manager {
+        type Object = Client;
+        type Error = tokio_postgres::Error;
+
+        async fn create(&self) -> Result<Client, tokio_postgres::Error> {
+            let (client, connection) = self.0.connect(NoTls).await?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            Ok(client)
+        }
+
+        async fn is_recyclable(
+            &self,
+            client: &mut Client,
+            _: &fastpool::ObjectStatus,
+        ) -> Result<(), tokio_postgres::Error> {
+            match client.is_closed() {
+                // tokio-postgres's errors cannot be built outside it: a closed client's query
+                // fails at once with "connection closed", which detaches it.
+                true => client.simple_query("").await.map(drop),
+                false => Ok(()),
+            }
+        }
+    }
+
+    /// fastpool's bounded pool; its `get` takes the pool by `&Arc`.
+    pub(super) struct FastpoolPg(Arc<fastpool::bounded::Pool<Manager>>);
+
+    impl FastpoolPg {
+        pub(super) fn new(config: tokio_postgres::Config, size: usize) -> Self {
+            let pool_config = fastpool::bounded::PoolConfig::new(size)
+                .with_queue_strategy(fastpool::QueueStrategy::Fifo);
+            Self(fastpool::bounded::Pool::new(pool_config, Manager(config)))
+        }
+    }
+
+    impl PgSource for FastpoolPg {
+        type Guard<'a> = fastpool::bounded::Object<Manager>;
+        async fn get(&self) -> Result<Self::Guard<'_>, String> {
+            self.0.get().await.map_err(|e| e.to_string())
+        }
     }
 }
 
@@ -422,6 +488,10 @@ async fn run_one(
         }
         PgPool::Qp => {
             let pool = qp_postgres::connect(config.clone(), NoTls, size);
+            drive(repeat(pool, workers), size, sql, window).await
+        }
+        PgPool::Fastpool => {
+            let pool = fastpool_pg::FastpoolPg::new(config.clone(), size);
             drive(repeat(pool, workers), size, sql, window).await
         }
         PgPool::Sqlx => {

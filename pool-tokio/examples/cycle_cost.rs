@@ -20,7 +20,15 @@
 //! Run with `cargo run --release -p pool-tokio --example cycle_cost`. An optional argument
 //! sets the cycles per measurement (default 1,000,000); under
 //! `valgrind --tool=callgrind` the difference between two counts gives the instructions
-//! per cycle, which, unlike time, repeats exactly on a busy machine.
+//! per cycle, which, unlike time, repeats exactly on a busy machine. For that, a second
+//! argument runs one measurement alone, once: `lean` (the lean cycle in `block_on`, where
+//! tokio names no task), `lean-task` (the same in a spawned task, which tokio names) or
+//! `handoff` (the hand-off between two tasks):
+//!
+//! ```sh
+//! valgrind --tool=callgrind target/release/examples/cycle_cost 100000 lean-task
+//! valgrind --tool=callgrind target/release/examples/cycle_cost 200000 lean-task
+//! ```
 
 use std::time::{Duration, Instant};
 
@@ -64,6 +72,18 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    if let Some(only) = std::env::args().nth(2) {
+        let took = match only.as_str() {
+            "lean" => rt.block_on(per_cycle(lean(), n)),
+            "lean-task" => rt
+                .block_on(async { tokio::spawn(per_cycle(lean(), n)).await })
+                .expect("the task"),
+            "handoff" => rt.block_on(hand_off(n)),
+            other => panic!("no measurement named {other}: lean, lean-task or handoff"),
+        };
+        println!("{only}: {took:?}/cycle");
+        return;
+    }
     let threshold = Some(Duration::from_secs(60));
     for round in 1..=3 {
         let (lean, defaults, leaks, traced) = rt.block_on(async {

@@ -164,8 +164,12 @@ impl<C, E> Machine<C, E> {
             return self.start_close(index, conn, reason);
         }
         if let Some(waiter) = self.queue.head {
-            let waited = now.saturating_duration_since(self.waiters[waiter as usize].enqueued);
-            self.observe_wait(now, waited);
+            // Only load shedding looks at the wait; measuring it (an `Instant` subtraction,
+            // about as dear as the rest of the dispatch) is skipped without it.
+            if self.config.queue_target.is_some() {
+                let waited = now.saturating_duration_since(self.waiters[waiter as usize].enqueued);
+                self.observe_wait(now, waited);
+            }
             self.unlink(waiter);
             self.set_state(index, SlotState::Granted { conn });
             self.resolve(waiter, WaiterState::Granted { slot: index });
