@@ -111,6 +111,30 @@ impl<'a, M: Manager, R: Runtime> Acquire<'a, M, R> {
         ))))
     }
 
+    /// Carries out [`checkout`](Self::checkout)'s decision: a connection to lend ends the
+    /// acquire (counted as served at `now`); otherwise the acquire goes on at the stage
+    /// decided.
+    #[inline]
+    fn lend_or_go_on(
+        &mut self,
+        lease: Lease,
+        conn: ConnOf<M>,
+        now: Instant,
+        caller: Option<Caller>,
+    ) -> Option<PooledConnection<'a, M, R>> {
+        match self.checkout(lease, conn, now, caller) {
+            Checkout::Lend(guard) => {
+                self.stage = Stage::Done;
+                self.pool.shared.instruments.served(self.started, || now);
+                Some(guard)
+            }
+            Checkout::Next(stage) => {
+                self.stage = stage;
+                None
+            }
+        }
+    }
+
     /// The start of this acquire's wait, and its deadline, from the first clock reading.
     fn start_clock(&mut self, now: Instant) {
         if self.started.is_none() {
@@ -299,13 +323,8 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                     // time (see `ClockPolicy`). Otherwise the full acquire below, which reads the
                     // clock, since waiting needs it.
                     if let Some((lease, conn, now)) = shared.lend_parked() {
-                        match this.checkout(lease, conn, now, caller) {
-                            Checkout::Lend(guard) => {
-                                this.stage = Stage::Done;
-                                shared.instruments.served(this.started, || now);
-                                return Poll::Ready(Ok(guard));
-                            }
-                            Checkout::Next(stage) => this.stage = stage,
+                        if let Some(guard) = this.lend_or_go_on(lease, conn, now, caller) {
+                            return Poll::Ready(Ok(guard));
                         }
                         // A checkout check started (or the connection was broken): the wait
                         // and the deadline run from here, as they would have from the clock
@@ -372,13 +391,8 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                     }
                     match outcome {
                         Ok(Acquired::Ready(lease, conn)) => {
-                            match this.checkout(lease, conn, now, caller) {
-                                Checkout::Lend(guard) => {
-                                    this.stage = Stage::Done;
-                                    shared.instruments.served(this.started, || now);
-                                    return Poll::Ready(Ok(guard));
-                                }
-                                Checkout::Next(stage) => this.stage = stage,
+                            if let Some(guard) = this.lend_or_go_on(lease, conn, now, caller) {
+                                return Poll::Ready(Ok(guard));
                             }
                         }
                         Ok(Acquired::Waiting(waiter)) => {
@@ -427,13 +441,8 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                         Ok(None) => return Poll::Pending,
                         Ok(Some((lease, conn))) => {
                             drop(this.end_wait("acquired", now));
-                            match this.checkout(lease, conn, now, caller) {
-                                Checkout::Lend(guard) => {
-                                    this.stage = Stage::Done;
-                                    shared.instruments.served(this.started, || now);
-                                    return Poll::Ready(Ok(guard));
-                                }
-                                Checkout::Next(stage) => this.stage = stage,
+                            if let Some(guard) = this.lend_or_go_on(lease, conn, now, caller) {
+                                return Poll::Ready(Ok(guard));
                             }
                         }
                         Err(e) => {
