@@ -13,7 +13,14 @@
 //!
 //! Arguments: cycles (default 1,000,000), tasks (2), size (1), worker threads (0 for a
 //! current-thread runtime), then optionally the contenders to run, comma-separated
-//! (default `pool/tokio,floor:semaphore,deadpool-unmanaged`; the benchmark's column names).
+//! (default `pool/tokio,floor:semaphore,deadpool-unmanaged`; the benchmark's column names),
+//! then optionally `touch` for the benchmark's other cycle, which holds the connection
+//! across no yield (with one task, the uncontended cycle; qp runs only there, with no more
+//! tasks than connections):
+//!
+//! ```sh
+//! cargo run --release -p pool-bench --example handoff -- 1000000 1 1 0 pool/tokio,qp touch
+//! ```
 //! Under `valgrind --tool=callgrind`, run one contender at two cycle counts: the difference
 //! gives the instructions per cycle, which, unlike time, repeats exactly on a busy machine.
 
@@ -46,11 +53,16 @@ fn main() -> Result<(), String> {
             .build()
     }
     .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    let yields = match args.get(5).map(String::as_str) {
+        None | Some("yield") => true,
+        Some("touch") => false,
+        Some(other) => return Err(format!("the cycle is `yield` or `touch`, not `{other}`")),
+    };
     let rounds = if contenders.len() > 1 { 3 } else { 1 };
     for round in 1..=rounds {
         for &contender in &contenders {
             let took = contender
-                .time_hand_offs(&rt, size, tasks, cycles as u64)
+                .time_hand_offs(&rt, size, tasks, cycles as u64, yields)
                 .map_err(|e| format!("{}: {e}", contender.name()))?;
             let per = took.as_secs_f64() / cycles as f64;
             println!(

@@ -197,41 +197,40 @@ impl Contender {
         }
     }
 
-    /// Times `cycles` bare hand-off cycles of this contender on `rt` (see
-    /// [`time_hand_offs`]), built exactly as [`measure`](Self::measure) builds it.
+    /// Times `cycles` bare cycles of this contender on `rt` (see [`time_hand_offs`]), built
+    /// exactly as [`measure`](Self::measure) builds it; `yields`: each task holds its
+    /// connection across a yield (with more tasks than connections, every release is then a
+    /// hand-off), otherwise it only touches it.
     ///
     /// # Errors
-    /// A contender that does not run on tokio (async-std, smol, r2d2), or qp (it loses
-    /// wake-ups once tasks outnumber connections, so the loop would hang), or a failure of
-    /// the loop itself.
+    /// A contender that does not run on tokio (async-std, smol, r2d2), or qp with more tasks
+    /// than connections (it loses wake-ups then, so the loop would hang), or a failure of the
+    /// loop itself.
     pub fn time_hand_offs(
         self,
         rt: &tokio::runtime::Runtime,
         size: usize,
         tasks: usize,
         cycles: u64,
+        yields: bool,
     ) -> Result<Duration, String> {
+        let shape = (size, tasks, cycles, yields);
         match self {
-            Self::PoolTokio => time_hand_offs(rt, || make_ours_tokio(size), size, tasks, cycles),
-            Self::Bb8 => time_hand_offs(rt, || make_bb8(size), size, tasks, cycles),
-            Self::DeadpoolManaged => {
-                time_hand_offs(rt, || make_deadpool(size), size, tasks, cycles)
-            }
-            Self::DeadpoolUnmanaged => {
-                time_hand_offs(rt, || make_deadpool_unmanaged(size), size, tasks, cycles)
-            }
-            Self::Mobc => time_hand_offs(rt, || make_mobc(size), size, tasks, cycles),
-            Self::Fastpool => time_hand_offs(rt, || make_fastpool(size), size, tasks, cycles),
-            Self::FloorSemaphore => {
-                time_hand_offs(rt, || make_floor_semaphore(size), size, tasks, cycles)
-            }
-            Self::FloorArrayQueue | Self::FloorArrayQueueBudget => time_hand_offs(
+            Self::PoolTokio => time_hand_offs(rt, || make_ours_tokio(size), shape),
+            Self::Bb8 => time_hand_offs(rt, || make_bb8(size), shape),
+            Self::DeadpoolManaged => time_hand_offs(rt, || make_deadpool(size), shape),
+            Self::DeadpoolUnmanaged => time_hand_offs(rt, || make_deadpool_unmanaged(size), shape),
+            Self::Mobc => time_hand_offs(rt, || make_mobc(size), shape),
+            Self::Fastpool => time_hand_offs(rt, || make_fastpool(size), shape),
+            Self::Qp if tasks <= size => time_hand_offs(
                 rt,
-                || make_floor_arrayqueue(size, self),
-                size,
-                tasks,
-                cycles,
+                || async move { Ok(Qp(qp::Pool::new(Fake, size))) },
+                shape,
             ),
+            Self::FloorSemaphore => time_hand_offs(rt, || make_floor_semaphore(size), shape),
+            Self::FloorArrayQueue | Self::FloorArrayQueueBudget => {
+                time_hand_offs(rt, || make_floor_arrayqueue(size, self), shape)
+            }
             Self::Qp | Self::PoolAsyncStd | Self::PoolSmol | Self::R2d2 => Err(format!(
                 "{} does not run in the tokio hand-off loop",
                 self.name()

@@ -297,18 +297,16 @@ pub(crate) async fn worker<P: AsyncPool, Y: Yield>(
 }
 
 /// Times the bare cycle, for profilers and paired timings: `tasks` tasks on `rt` share the
-/// pool `make` builds (warmed to `size` first) and run `cycles / tasks` cycles each, holding
-/// the connection across a yield, so once `tasks > size` every release is a hand-off to a
-/// waiting task. No window, counters or wait histograms: only the pool and the runtime.
+/// pool `make` builds (warmed to `size` first) and run `cycles / tasks` cycles each, touching
+/// the connection and, if `yields`, holding it across a yield, so once `tasks > size` every
+/// release is a hand-off to a waiting task. No window, counters or wait histograms: only the pool and the runtime.
 ///
 /// # Errors
 /// The first failed build or acquire, or a task's panic.
 pub fn time_hand_offs<P, F, Fut>(
     rt: &tokio::runtime::Runtime,
     make: F,
-    size: usize,
-    tasks: usize,
-    cycles: u64,
+    (size, tasks, cycles, yields): (usize, usize, u64, bool),
 ) -> Result<Duration, String>
 where
     P: AsyncPool,
@@ -327,7 +325,9 @@ where
                     for _ in 0..each {
                         let mut conn = pool.acquire().await?;
                         touch(&mut conn);
-                        tokio::task::yield_now().await;
+                        if yields {
+                            tokio::task::yield_now().await;
+                        }
                     }
                     Ok::<(), String>(())
                 })
