@@ -3052,11 +3052,22 @@ through_pgbouncer! {
     pgbouncer_clean_checkins_need_no_reset => clean_checkins,
 }
 
+/// A driver error with the server's SQLSTATE and message, where it has them (a
+/// `tokio_postgres::Error` displays only "db error" for those).
+fn with_server_message(e: &pool_postgres::tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{e}: {} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
 /// One statement of the mixed load and the check of its answer.
 async fn mixed_statement(conn: &PgConnection, task: usize, i: usize) -> Result<(), String> {
     let n = (task * 100_000 + i) as i64;
     let small = n as i32;
-    let err = |e: pool_postgres::tokio_postgres::Error| format!("query {i} of task {task}: {e}");
+    let err = |e: pool_postgres::tokio_postgres::Error| {
+        format!("query {i} of task {task}: {}", with_server_message(&e))
+    };
     let wrong = |what: &str| format!("query {i} of task {task}: a wrong result: {what}");
     match i % 6 {
         0 => {
@@ -3135,6 +3146,9 @@ pub async fn pgbouncer_unnamed_statements_return_their_own_results<R: PgRuntime>
     };
     const TASKS: usize = 32;
     const PER_TASK: usize = 10_000 / TASKS + 1;
+    fn in_a_transaction(e: &pool_postgres::tokio_postgres::Error) -> String {
+        format!("in a transaction: {}", with_server_message(e))
+    }
     let pool = db.build(db.builder(db.manager()).max_size(6));
     let start = Instant::now();
     let tasks: Vec<_> = (0..TASKS)
@@ -3152,7 +3166,7 @@ pub async fn pgbouncer_unnamed_statements_return_their_own_results<R: PgRuntime>
                         let row = conn
                             .query_one(sql.as_str(), &[&(i as i32)])
                             .await
-                            .map_err(|e| format!("in a transaction: {e}"))?;
+                            .map_err(|e| in_a_transaction(&e))?;
                         let got: i32 = row.get(0);
                         if got != i as i32 * (task as i32 + 2) {
                             return Err(format!("in a transaction: a wrong result {got}"));
