@@ -236,9 +236,9 @@ impl PgConnection {
             match self.describe_once(sql, params).await {
                 // Through a pooler in transaction mode, a server connection can hold a named
                 // statement another client prepared and never closed there (its `Close` went
-                // to another server connection); tokio-postgres names each prepare afresh, so
-                // the next attempt passes it by. Only in a transaction of our own: the
-                // borrower's is failed now.
+                // to another server connection): `describe_once` freed the one in the way,
+                // and tokio-postgres names each prepare afresh. The failed prepare was
+                // rolled back to its savepoint; the transaction went on.
                 Err((e, true))
                     if attempt < DESCRIBE_ATTEMPTS
                         && e.code() == Some(&SqlState::DUPLICATE_PSTATEMENT) =>
@@ -254,8 +254,10 @@ impl PgConnection {
         }
     }
 
-    /// One try of [`describe`](Self::describe); an error says whether it happened in a
-    /// transaction of its own (which it ended).
+    /// One try of [`describe`](Self::describe); an error says whether it may be tried again
+    /// (it happened in a transaction of its own, which it ended, or after the savepoint it
+    /// set in the borrower's transaction, which it rolled back to: the borrower's transaction
+    /// goes on).
     async fn describe_once(
         &self,
         sql: &str,
@@ -265,14 +267,16 @@ impl PgConnection {
         // pipelined requests, if any, finish first). A closed connection fails below.
         self.wire().wait_for(Wire::calm).await;
         let own_transaction = self.wire().verdict().status == TransactionStatus::Idle;
-        let prepared = if own_transaction {
-            let (begin, prepared) =
-                join(self.client.batch_execute("BEGIN"), self.client.prepare(sql)).await;
-            begin.map_err(|e| (e, false))?;
-            prepared
+        // Under a savepoint, so that a failed prepare fails neither the borrower's
+        // transaction nor ours, and a name in the way can be freed.
+        let open = if own_transaction {
+            "BEGIN; SAVEPOINT pool_describe"
         } else {
-            self.client.prepare(sql).await
+            "SAVEPOINT pool_describe"
         };
+        let (opened, prepared) =
+            join(self.client.batch_execute(open), self.client.prepare(sql)).await;
+        opened.map_err(|e| (e, false))?;
         let described = match prepared {
             Ok(statement) => {
                 let types: Arc<[Type]> = statement.params().into();
@@ -291,14 +295,32 @@ impl PgConnection {
             }
             Err(e) => Err(e),
         };
-        if own_transaction {
-            // After a failed prepare this ends the failed transaction (a rollback).
-            self.client
-                .batch_execute("COMMIT")
-                .await
-                .map_err(|e| (e, false))?;
-        }
-        described.map_err(|e| (e, own_transaction))
+        let end = if own_transaction {
+            "COMMIT"
+        } else {
+            "RELEASE SAVEPOINT pool_describe"
+        };
+        let close = match &described {
+            Ok(_) => end.to_owned(),
+            Err(e) => {
+                // Through a pooler in transaction mode, the server connection can hold a
+                // statement another client prepared and never closed there (its `Close`
+                // went to another server connection), often a long run of such names.
+                // Inside the transaction the server connection is this client's, and
+                // tokio-postgres's names are unique within the process, so the one in the
+                // way is left over: free it for the next attempt.
+                let in_the_way = (e.code() == Some(&SqlState::DUPLICATE_PSTATEMENT))
+                    .then(|| e.as_db_error().and_then(|db| quoted(db.message())))
+                    .flatten()
+                    .map_or(String::new(), |name| format!("DEALLOCATE \"{name}\"; "));
+                format!("ROLLBACK TO SAVEPOINT pool_describe; {in_the_way}{end}")
+            }
+        };
+        self.client
+            .batch_execute(&close)
+            .await
+            .map_err(|e| (e, false))?;
+        described.map_err(|e| (e, true))
     }
 
     pub(crate) fn wire(&self) -> &Arc<Wire> {
@@ -332,4 +354,12 @@ impl fmt::Debug for PgConnection {
             .field("closed", &self.is_closed())
             .finish()
     }
+}
+
+/// The first double-quoted name in a server message (`prepared statement "s7" already
+/// exists`), if it is one of tokio-postgres's statement names (`s` and digits).
+fn quoted(message: &str) -> Option<&str> {
+    let name = message.split('"').nth(1)?;
+    let digits = name.strip_prefix('s')?;
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then_some(name)
 }

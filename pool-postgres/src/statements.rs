@@ -37,8 +37,10 @@ pub enum Statements {
     /// the server once per SQL text and kept by the manager for every connection: the first
     /// time a text is seen, the connection prepares it inside a transaction of its own
     /// (`BEGIN`, prepare, close, `COMMIT`: two round trips, one server connection), or inside
-    /// the borrower's transaction when one is open. A statement without parameters needs no
-    /// such question.
+    /// the borrower's transaction when one is open, under a savepoint (so that a failed
+    /// prepare, such as a name another client left on the pooler's server connection, is
+    /// rolled back to it and tried again, and the borrower's transaction goes on). A
+    /// statement without parameters needs no such question.
     ///
     /// Not covered (these still use named statements): [`Client::prepare`] and the
     /// [`Statement`]s it returns, `query_raw`, `execute_raw`, the `*_scalar` methods, and the
