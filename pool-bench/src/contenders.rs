@@ -114,8 +114,8 @@ impl Contender {
         match self {
             Self::PoolTokio | Self::PoolAsyncStd | Self::PoolSmol => {
                 "pool-core 0.1 driver: max_size=size, acquire_timeout=None, \
-                 check_on_checkout=false, idle_timeout=None, max_lifetime=None, no leak \
-                 detection; `get()`"
+                 check_on_checkout=false, idle_timeout=None, max_lifetime=None, \
+                 wait_times=false, no leak detection; `get()`"
             }
             Self::Bb8 => {
                 "bb8 0.9: max_size=size, min_idle=None, test_on_check_out=false, \
@@ -308,6 +308,7 @@ fn ours<R: pool_core::Runtime>(
         .check_on_checkout(false)
         .idle_timeout(None)
         .max_lifetime(None)
+        .wait_times(false)
         .build()
         .map_err(|e| e.to_string())
 }

@@ -77,6 +77,7 @@ macro_rules! conformance {
             a_guard_moved_to_another_task_and_used_there_is_no_self_wait,
             same_waker_branches_are_reported_and_served_by_default,
             metrics_give_wait_percentiles_of_every_served_acquire,
+            a_pool_without_wait_times_counts_everything_but_the_waits,
         );
     };
     (@tests $rt:ty, $block_on:path; $($name:ident),+ $(,)?) => {

@@ -1857,3 +1857,27 @@ pub async fn metrics_give_wait_percentiles_of_every_served_acquire<R: Runtime>()
     );
     assert_eq!(w.quantile(1.0), w.max());
 }
+
+/// With `wait_times(false)` the waits are not measured (their fields stay empty) while every
+/// count is kept, the waits that queued included.
+pub async fn a_pool_without_wait_times_counts_everything_but_the_waits<R: Runtime>() {
+    let rt = runtime::<R>();
+    let pool = build(builder(&rt).max_size(1).wait_times(false));
+    pool.ready().await.expect("a connection opens");
+    let held = hold_in_another_task(&rt, &pool).await;
+    let waiter = {
+        let pool = pool.clone();
+        rt.spawn(async move { pool.get().await.map(|c| c.id) })
+    };
+    wait_until(&rt, || pool.status().waiting == 1).await;
+    rt.sleep(Duration::from_millis(20)).await;
+    drop(held);
+    assert!(waiter.await.expect("the waiter ran").is_ok());
+    let m = pool.metrics();
+    // ready (which waited for the first connect), the holder, the waiter.
+    assert_eq!(m.acquired, 3, "{m:?}");
+    assert_eq!(m.acquired_after_wait, 2, "{m:?}");
+    assert_eq!(m.wait_times.count(), 0, "{m:?}");
+    assert_eq!(m.wait_total, Duration::ZERO, "{m:?}");
+    assert_eq!(m.wait_max, Duration::ZERO, "{m:?}");
+}

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tracing::Span;
 
+use super::clock_policy::Step;
 use super::error::{ConnectError, DeadlockError, Error};
 use super::guard::PooledConnection;
 use super::holders::{context_of, Site};
@@ -179,16 +180,16 @@ impl<'a, M: Manager, R: Runtime> Acquire<'a, M, R> {
         );
     }
 
-    /// Ends the wait in the queue at `now` with `outcome`: records both in its span and
-    /// returns the span (closed when dropped). The stage is left `Done` for the caller to
-    /// replace.
-    fn end_wait(&mut self, outcome: &'static str, now: Instant) -> Span {
+    /// Ends the wait in the queue with `outcome`: records it in its span, with the wait up
+    /// to `now` (read only for a span that records), and returns the span (closed when
+    /// dropped). The stage is left `Done` for the caller to replace.
+    fn end_wait(&mut self, outcome: &'static str, now: impl FnOnce() -> Instant) -> Span {
         match std::mem::replace(&mut self.stage, Stage::Done) {
             Stage::Waiting { since, span, .. } => {
                 // A disabled span records nothing, but with `tracing`'s `log` feature on
                 // (as a dependency may turn it on) recording would still format for `log`.
                 if !span.is_disabled() {
-                    let waited = now.saturating_duration_since(since);
+                    let waited = now().saturating_duration_since(since);
                     span.record("outcome", outcome);
                     span.record("waited_ms", waited.as_secs_f64() * 1e3);
                 }
@@ -415,19 +416,24 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                 }
                 Stage::Waiting { waiter, since, .. } => {
                     let (waiter, since) = (*waiter, *since);
-                    let now = shared.runtime.now();
+                    // A clock reading only if a configured feature looks at the time of a
+                    // collected grant (see `ClockPolicy`); an error below reads the clock.
+                    let now = shared.now(Step::Collect);
+                    let wait_times = shared.settings.wait_times;
                     let outcome = shared.transition(|state| {
                         let outcome = state.machine.take(waiter, now);
                         match &outcome {
                             Ok(None) => state.register(waiter, cx.waker()),
                             Ok(Some(_)) => {
-                                let waited = now.saturating_duration_since(since);
                                 let m = &mut state.metrics;
                                 m.acquired += 1;
                                 m.acquired_after_wait += 1;
-                                m.wait_total += waited;
-                                m.wait_max = m.wait_max.max(waited);
-                                m.wait_times.record(waited);
+                                if wait_times {
+                                    let waited = now.saturating_duration_since(since);
+                                    m.wait_total += waited;
+                                    m.wait_max = m.wait_max.max(waited);
+                                    m.wait_times.record(waited);
+                                }
                             }
                             Err(AcquireError::TimedOut(_)) => state.metrics.timed_out += 1,
                             Err(AcquireError::ConnectFailed(..)) => state.metrics.failed_fast += 1,
@@ -440,12 +446,13 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                     match outcome {
                         Ok(None) => return Poll::Pending,
                         Ok(Some((lease, conn))) => {
-                            drop(this.end_wait("acquired", now));
+                            drop(this.end_wait("acquired", || shared.runtime.now()));
                             if let Some(guard) = this.lend_or_go_on(lease, conn, now, caller) {
                                 return Poll::Ready(Ok(guard));
                             }
                         }
                         Err(e) => {
+                            let now = shared.runtime.now();
                             let outcome = match &e {
                                 AcquireError::TimedOut(_) => "timed_out",
                                 AcquireError::Shed(_) => "shed",
@@ -454,7 +461,7 @@ impl<'a, M: Manager, R: Runtime> Future for Acquire<'a, M, R> {
                                 _ => "closed",
                             };
                             // The error's event belongs to the wait: inside its span.
-                            let span = this.end_wait(outcome, now);
+                            let span = this.end_wait(outcome, || now);
                             let _in_span = span.enter();
                             let e = this.convert(e, now);
                             match &e {
@@ -524,17 +531,27 @@ impl<M: Manager, R: Runtime> Acquire<'_, M, R> {
 }
 
 impl<M: Manager, R: Runtime> Drop for Acquire<'_, M, R> {
+    #[inline]
     fn drop(&mut self) {
         if let Stage::Waiting { waiter, .. } = self.stage {
-            let shared = &self.pool.shared;
-            let now = shared.runtime.now();
-            let waker = shared.transition(|state| {
-                state.machine.cancel(waiter, now);
-                state.unregister(waiter)
-            });
-            drop(waker);
-            drop(self.end_wait("cancelled", now));
+            self.cancel_wait(waiter);
         }
+    }
+}
+
+impl<M: Manager, R: Runtime> Acquire<'_, M, R> {
+    /// Leaves the queue (dropped while waiting). Out of line, so the drop of a completed
+    /// acquire, on every cycle, stays a test of its stage.
+    #[inline(never)]
+    fn cancel_wait(&mut self, waiter: WaiterId) {
+        let shared = &self.pool.shared;
+        let now = shared.runtime.now();
+        let waker = shared.transition(|state| {
+            state.machine.cancel(waiter, now);
+            state.unregister(waiter)
+        });
+        drop(waker);
+        drop(self.end_wait("cancelled", || now));
     }
 }
 

@@ -1,20 +1,22 @@
 //! When a hot-path step reads the clock: decided once, from the configuration, here.
 //!
 //! The machine takes `now` on every input, but on the hot path (an idle connection is
-//! leased, a connection is lent from the return lane, a connection goes back) only
-//! configured features look at it. Reading the clock costs as much as the rest of a lane
-//! cycle, so a step reads it only when a configured feature needs the time; otherwise it
-//! passes the pool's epoch (the instant it was built), which no configured feature looks
-//! at, so every timing behaviour is exactly what it is with a clock read, and the machine
-//! stays pure (it never reads a clock itself).
+//! leased, a connection is lent from the return lane, a connection goes back, a waiting
+//! acquire collects the connection granted to it) only configured features look at it.
+//! Reading the clock costs as much as the rest of a lane cycle, so a step reads it only
+//! when a configured feature needs the time; otherwise it passes the pool's epoch (the
+//! instant it was built), which no configured feature looks at, so every timing behaviour
+//! is exactly what it is with a clock read, and the machine stays pure (it never reads a
+//! clock itself).
 //!
 //! [`ClockPolicy::new`] is the one place that decides which feature needs the time on which
 //! step. It names every field of the configuration and of the driver's settings, so a new
 //! setting does not compile until it is decided here too. [`ClockPolicy::now`] is the one
-//! place those steps read the time. Everywhere else (waiting, time-outs, cancellation,
-//! connects, checks, closes, maintenance) the clock is always read. The test below runs
-//! each step under each feature with a runtime that counts its clock reads, and fails when a
-//! step reads the time where the policy did not give it. See `ARCHITECTURE.md`, "Time".
+//! place those steps read the time. Everywhere else (joining the queue, time-outs,
+//! cancellation, connects, checks, closes, maintenance) the clock is always read. The test
+//! below runs each step under each feature with a runtime that counts its clock reads, and
+//! fails when a step reads the time where the policy did not give it. See
+//! `ARCHITECTURE.md`, "Time".
 
 use std::time::Instant;
 
@@ -36,6 +38,11 @@ pub(crate) enum Step {
     /// Giving a connection back, into the lane or through the machine: its lifetime, when
     /// it became idle (`idle_timeout`), and when it was last used (the bypass window).
     GiveBack,
+    /// An acquire that queued collecting the connection granted to it: the lease's start
+    /// (leak detection, reclaim), the checkout check's bypass window, and the wait it
+    /// measures (the wait times, the metrics' wait histogram). Its error paths (a time-out,
+    /// a failed connect) always read the clock, to say how long it waited.
+    Collect,
 }
 
 /// Which hot-path [`Step`]s read the clock, derived from the configuration.
@@ -44,6 +51,7 @@ pub(crate) struct ClockPolicy {
     lease: bool,
     lane_lend: bool,
     give_back: bool,
+    collect: bool,
     /// The instant passed where no configured feature reads it.
     epoch: Instant,
 }
@@ -81,6 +89,7 @@ impl ClockPolicy {
             reset_timeout: _,   // so does a reset
             leak_backtraces: _, // only with a leak threshold
             on_leak: _,
+            wait_times,
         } = settings;
         // The use-time histogram measures every lend, to its give-back (`instruments.rs`);
         // only ever set with the `metrics` feature.
@@ -105,6 +114,13 @@ impl ClockPolicy {
                 || bypass
                 || queue_target.is_some()
                 || use_time,
+            // Only configured features look at the time of a collected grant: the lifetime
+            // was checked when the connection was granted, and `min_idle` is not touched.
+            collect: leak_threshold.is_some()
+                || reclaim_after.is_some()
+                || bypass
+                || use_time
+                || *wait_times,
             epoch,
         }
     }
@@ -116,6 +132,7 @@ impl ClockPolicy {
             Step::Lease => self.lease,
             Step::LaneLend => self.lane_lend,
             Step::GiveBack => self.give_back,
+            Step::Collect => self.collect,
         }
     }
 
@@ -221,7 +238,8 @@ mod tests {
             .acquire_timeout(None)
             .idle_timeout(None)
             .max_lifetime(None)
-            .check_on_checkout(false);
+            .check_on_checkout(false)
+            .wait_times(false);
         // The instruments' use time reads the clock on every step (a row of its own below).
         #[cfg(feature = "metrics")]
         let builder = builder.metrics(false);
@@ -237,6 +255,7 @@ mod tests {
         const L: Step = Step::Lease;
         const N: Step = Step::LaneLend;
         const G: Step = Step::GiveBack;
+        const C: Step = Step::Collect;
         // Each feature, and the steps that look at the time for it (the table this policy
         // derives; see `Step` for what each step reads the time for).
         #[allow(unused_mut)]
@@ -256,12 +275,12 @@ mod tests {
             (
                 "leak_threshold",
                 |b| b.leak_threshold(Some(Duration::from_secs(3600))),
-                &[L],
+                &[L, C],
             ),
             (
                 "reclaim_after",
                 |b| b.reclaim_after(Some(Duration::from_secs(3600))),
-                &[L],
+                &[L, C],
             ),
             (
                 "a bypassed checkout check",
@@ -269,7 +288,7 @@ mod tests {
                     b.check_on_checkout(true)
                         .check_bypass(Duration::from_secs(3600))
                 },
-                &[L, N, G],
+                &[L, N, G, C],
             ),
             (
                 "the acquire timeout",
@@ -282,15 +301,16 @@ mod tests {
                 &[G],
             ),
             ("a bound on waiters", |b| b.max_waiters(Some(4)), &[]),
+            ("the wait times", |b| b.wait_times(true), &[C]),
         ];
         #[cfg(feature = "metrics")]
-        features.push(("the metrics' use time", |b| b.metrics(true), &[L, N, G]));
+        features.push(("the metrics' use time", |b| b.metrics(true), &[L, N, G, C]));
         let mut reading = 0;
         for (feature, configure, needing) in features {
             let rt = CountingClock::default();
             let pool = configure(lean(&rt)).build().expect("a valid configuration");
             let policy = pool.shared.clock_policy;
-            for step in [L, N, G] {
+            for step in [L, N, G, C] {
                 assert_eq!(
                     policy.needs(step),
                     needing.contains(&step),
@@ -337,6 +357,29 @@ mod tests {
             }
             drop(held);
             check(Step::GiveBack, "two give-backs");
+            // An acquire that queues (always reading the clock), then collects the
+            // connection a give-back granted it.
+            let (a, b) = (pool.try_get(), pool.try_get());
+            assert!(
+                a.is_ok() && b.is_ok(),
+                "with {feature}: both connections idle"
+            );
+            let mut waiting = std::pin::pin!(pool.get());
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(
+                waiting.as_mut().poll(&mut cx).is_pending(),
+                "with {feature}: queued"
+            );
+            drop(a);
+            rt.reads();
+            match waiting.as_mut().poll(&mut cx) {
+                Poll::Ready(Ok(conn)) => {
+                    check(Step::Collect, "collecting a granted connection");
+                    drop(conn);
+                }
+                other => panic!("with {feature}: the waiter was not served: {other:?}"),
+            }
+            drop(b);
             let lane = pool.shared.lane_lent().is_some();
             assert!(seen.contains(&Step::Lease), "with {feature}: no lease");
             assert_eq!(

@@ -23,6 +23,9 @@ pub(crate) struct Settings {
     /// Only with a leak threshold (`build` clears it otherwise).
     pub(crate) leak_backtraces: bool,
     pub(crate) on_leak: Option<LeakHook>,
+    /// Whether a waiting acquire's wait is measured into [`Metrics`](super::Metrics)
+    /// (`wait_total`, `wait_max`, `wait_times`).
+    pub(crate) wait_times: bool,
 }
 
 impl Settings {

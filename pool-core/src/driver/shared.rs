@@ -141,9 +141,11 @@ impl<M: Manager, R: Runtime> Shared<M, R> {
             metrics.acquired += lane.lent();
         }
         // Only waits are recorded as they happen (under the lock); every other served
-        // acquire (the lane's included) was a wait of zero.
-        let at_once = metrics.acquired.saturating_sub(metrics.acquired_after_wait);
-        metrics.wait_times.record_zeros(at_once);
+        // acquire (the lane's included) was a wait of zero. Without wait times, none is.
+        if self.settings.wait_times {
+            let at_once = metrics.acquired.saturating_sub(metrics.acquired_after_wait);
+            metrics.wait_times.record_zeros(at_once);
+        }
         metrics.panics = self.panics.count();
         metrics
     }
