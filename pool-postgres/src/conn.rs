@@ -9,7 +9,7 @@ use futures_util::future::join;
 use futures_util::lock::Mutex as AsyncMutex;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Error, Notification, Row};
+use tokio_postgres::{Client, Error, Notification, Row, SimpleQueryMessage};
 
 use crate::protocol::{TransactionStatus, Verdict};
 use crate::statements::sealed::QueryRef;
@@ -234,10 +234,10 @@ impl PgConnection {
         let mut attempt = 1;
         loop {
             match self.describe_once(sql, params).await {
-                // Through a pooler in transaction mode, a server connection can hold a named
-                // statement another client prepared and never closed there (its `Close` went
-                // to another server connection): `describe_once` freed the one in the way,
-                // and tokio-postgres names each prepare afresh. The failed prepare was
+                // Through a pooler in transaction mode, a server connection can hold named
+                // statements another client prepared and never closed there (their `Close`
+                // went to another server connection): `describe_once` freed the run of them
+                // in the way (see `leftovers`), and tokio-postgres names each prepare afresh. The failed prepare was
                 // rolled back to its savepoint; the transaction went on.
                 Err((e, true))
                     if attempt < DESCRIBE_ATTEMPTS
@@ -303,17 +303,21 @@ impl PgConnection {
         let close = match &described {
             Ok(_) => end.to_owned(),
             Err(e) => {
-                // Through a pooler in transaction mode, the server connection can hold a
-                // statement another client prepared and never closed there (its `Close`
-                // went to another server connection), often a long run of such names.
-                // Inside the transaction the server connection is this client's, and
-                // tokio-postgres's names are unique within the process, so the one in the
-                // way is left over: free it for the next attempt.
-                let in_the_way = (e.code() == Some(&SqlState::DUPLICATE_PSTATEMENT))
+                let collided = (e.code() == Some(&SqlState::DUPLICATE_PSTATEMENT))
                     .then(|| e.as_db_error().and_then(|db| quoted(db.message())))
                     .flatten()
-                    .map_or(String::new(), |name| format!("DEALLOCATE \"{name}\"; "));
-                format!("ROLLBACK TO SAVEPOINT pool_describe; {in_the_way}{end}")
+                    .and_then(statement_number);
+                match collided {
+                    Some(from) => {
+                        self.client
+                            .batch_execute("ROLLBACK TO SAVEPOINT pool_describe")
+                            .await
+                            .map_err(|e| (e, false))?;
+                        let in_the_way = self.leftovers(from).await.map_err(|e| (e, false))?;
+                        format!("{in_the_way}{end}")
+                    }
+                    None => format!("ROLLBACK TO SAVEPOINT pool_describe; {end}"),
+                }
             }
         };
         self.client
@@ -321,6 +325,35 @@ impl PgConnection {
             .await
             .map_err(|e| (e, false))?;
         described.map_err(|e| (e, true))
+    }
+
+    /// The `DEALLOCATE`s that free every statement on this server connection named as
+    /// tokio-postgres names them and numbered `from` or later, `from` being the number
+    /// tokio-postgres just picked and found taken. Run inside a transaction, where the server
+    /// connection is this client's alone.
+    ///
+    /// Through a pooler in transaction mode a server connection can hold statements other
+    /// clients prepared and never closed there (their `Close` went to another server
+    /// connection). Another process's tokio-postgres numbers its statements from the same
+    /// start (`s0`, `s1`, ...), so such leftovers come in long runs, and this process would
+    /// run into each one in turn: freeing only the one in the way would fail the next try
+    /// too. None of them is this process's: its statement numbers come from one
+    /// process-wide counter, which has not passed `from` yet, and the describe closes its own
+    /// statements in the transaction that prepared them.
+    async fn leftovers(&self, from: u64) -> Result<String, Error> {
+        let listed = self
+            .client
+            .simple_query("SELECT name FROM pg_prepared_statements")
+            .await?;
+        Ok(listed
+            .iter()
+            .filter_map(|message| match message {
+                SimpleQueryMessage::Row(row) => row.get(0),
+                _ => None,
+            })
+            .filter(|name| statement_number(name).is_some_and(|n| n >= from))
+            .map(|name| format!("DEALLOCATE \"{name}\"; "))
+            .collect())
     }
 
     pub(crate) fn wire(&self) -> &Arc<Wire> {
@@ -357,9 +390,34 @@ impl fmt::Debug for PgConnection {
 }
 
 /// The first double-quoted name in a server message (`prepared statement "s7" already
-/// exists`), if it is one of tokio-postgres's statement names (`s` and digits).
+/// exists`).
 fn quoted(message: &str) -> Option<&str> {
-    let name = message.split('"').nth(1)?;
+    message.split('"').nth(1)
+}
+
+/// The number of a statement named as tokio-postgres names them (`s` and digits).
+fn statement_number(name: &str) -> Option<u64> {
     let digits = name.strip_prefix('s')?;
-    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then_some(name)
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{quoted, statement_number};
+
+    #[test]
+    fn only_tokio_postgres_statement_names_are_numbered() {
+        let message = "prepared statement \"s173\" already exists";
+        assert_eq!(quoted(message).and_then(statement_number), Some(173));
+        for name in ["s", "s-1", "s1a", "stmt1", "S1", "1", "", "s+1"] {
+            assert_eq!(statement_number(name), None, "{name:?}");
+        }
+        assert_eq!(statement_number("s0"), Some(0));
+        // A number too large for u64 is not one tokio-postgres could have picked.
+        assert_eq!(statement_number("s99999999999999999999999"), None);
+        assert_eq!(quoted("no quotes here"), None);
+    }
 }

@@ -91,6 +91,7 @@ macro_rules! postgres {
             pgbouncer_cancelled_mid_query_next_borrower_does_not_wait,
             pgbouncer_clean_checkins_need_no_reset,
             unnamed_statements_fail_cleanly_and_respect_the_borrowers_transaction,
+            unnamed_statements_get_past_a_run_of_leftover_statement_names,
         );
         #[test]
         #[ignore = "restarts the PostgreSQL server: .ci/run runs it alone, after the other tests"]
@@ -3346,6 +3347,106 @@ pub async fn unnamed_statements_fail_cleanly_and_respect_the_borrowers_transacti
         .await
         .expect("the count");
     assert_eq!(row.get::<_, i64>(0), 0, "the rollback undid the insert");
+    drop(conn);
+    assert_settled(&db, &pool).await;
+}
+
+/// The names of the statements prepared on `conn`'s server connection, as tokio-postgres
+/// names them (`s` and digits).
+async fn statement_names(conn: &PgConnection) -> Vec<String> {
+    let listed = match conn
+        .simple_query("select name from pg_prepared_statements where name ~ '^s[0-9]+$'")
+        .await
+    {
+        Ok(listed) => listed,
+        Err(e) => panic!("pg_prepared_statements: {e}"),
+    };
+    listed
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect()
+}
+
+/// [`Statements::Unnamed`] where the server connection already holds a long run of
+/// statements named as tokio-postgres names them, left there by another client: what a
+/// pooler in transaction mode shows when another process's tokio-postgres (which numbers its
+/// statements from `s0` too) leaks named statements. The parameter-type question meets the
+/// run, frees it, and the borrower's transaction goes on. The run is planted here with SQL
+/// `PREPARE`, which shares the protocol's namespace, on a direct connection.
+pub async fn unnamed_statements_get_past_a_run_of_leftover_statement_names<R: PgRuntime>() {
+    let test = "unnamed_statements_get_past_a_run_of_leftover_statement_names";
+    let Some(db) = Db::<R>::open(test).await else {
+        return;
+    };
+    let pool = db.build(
+        db.builder(db.manager().statements(Statements::Unnamed))
+            .max_size(1),
+    );
+    let conn = get(&pool).await;
+    // The number tokio-postgres gave its latest statement in this process: the run starts
+    // right after it, long enough that other tests preparing meanwhile do not carry this
+    // process's numbers past it.
+    // The probe is the newest such statement on this fresh connection while it lives.
+    let probe = match conn.client().prepare("select 1").await {
+        Ok(probe) => probe,
+        Err(e) => panic!("a probe statement: {e}"),
+    };
+    let names = statement_names(&conn).await;
+    let last = names
+        .iter()
+        .filter_map(|name| name.strip_prefix('s')?.parse::<u64>().ok())
+        .max()
+        .unwrap_or_else(|| panic!("no statement named as tokio-postgres names them: {names:?}"));
+    drop(probe);
+    const RUN: u64 = 2_000;
+    let plant: String = (last + 1..=last + RUN)
+        .map(|k| format!("PREPARE s{k} AS SELECT {k};"))
+        .collect();
+    exec(&conn, &plant).await;
+    let planted = statement_names(&conn).await.len();
+    assert!(planted as u64 >= RUN, "{planted} planted");
+    let table = format!("pooltest_leftover_names_{}", std::process::id());
+    exec(&conn, &format!("create temp table {table} (n int4)")).await;
+    exec(&conn, "BEGIN").await;
+    exec(&conn, &format!("insert into {table} values (7)")).await;
+    // A text this process has never sent: its parameter types are asked for here.
+    let sql = format!("select $1::int4 * 3 + {}", std::process::id() % 1000);
+    let row = match conn.query_one(sql.as_str(), &[&7_i32]).await {
+        Ok(row) => row,
+        Err(e) => panic!(
+            "the first query of a new text over a run of leftover names: {e} ({:?})",
+            e.as_db_error().map(|db| (db.code().code(), db.message()))
+        ),
+    };
+    assert_eq!(
+        row.get::<_, i32>(0),
+        21 + (std::process::id() % 1000) as i32
+    );
+    assert_eq!(
+        conn.protocol_verdict().status,
+        pool_postgres::TransactionStatus::InTransaction,
+        "still inside the borrower's transaction"
+    );
+    let count = match conn
+        .query_one(format!("select count(*) from {table}").as_str(), &[])
+        .await
+    {
+        Ok(row) => row.get::<_, i64>(0),
+        Err(e) => panic!("the count inside the transaction: {e}"),
+    };
+    assert_eq!(count, 1, "the borrower's insert is still there");
+    exec(&conn, "COMMIT").await;
+    // The collision happened (the run was met and freed, not jumped over): of the planted
+    // names, only those below the number that collided are left.
+    let left = statement_names(&conn).await.len();
+    assert!(
+        left < planted,
+        "the describe never met the run: {left} of {planted} planted names left"
+    );
+    exec(&conn, "DEALLOCATE ALL").await;
     drop(conn);
     assert_settled(&db, &pool).await;
 }
