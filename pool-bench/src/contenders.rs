@@ -175,7 +175,7 @@ impl Contender {
             Self::DeadpoolManaged => run_tokio(spec, || make_deadpool(size)),
             Self::DeadpoolUnmanaged => run_tokio(spec, || make_deadpool_unmanaged(size)),
             Self::Mobc => run_tokio(spec, || make_mobc(size)),
-            Self::Qp => run_tokio(spec, || async move { Ok(Qp(qp::Pool::new(Fake, size))) }),
+            Self::Qp => run_tokio(spec, || make_qp(size)),
             Self::Fastpool => run_tokio(spec, || make_fastpool(size)),
             Self::R2d2 => run_threads(
                 spec,
@@ -222,11 +222,7 @@ impl Contender {
             Self::DeadpoolUnmanaged => time_hand_offs(rt, || make_deadpool_unmanaged(size), shape),
             Self::Mobc => time_hand_offs(rt, || make_mobc(size), shape),
             Self::Fastpool => time_hand_offs(rt, || make_fastpool(size), shape),
-            Self::Qp if tasks <= size => time_hand_offs(
-                rt,
-                || async move { Ok(Qp(qp::Pool::new(Fake, size))) },
-                shape,
-            ),
+            Self::Qp if tasks <= size => time_hand_offs(rt, || make_qp(size), shape),
             Self::FloorSemaphore => time_hand_offs(rt, || make_floor_semaphore(size), shape),
             Self::FloorArrayQueue | Self::FloorArrayQueueBudget => {
                 time_hand_offs(rt, || make_floor_arrayqueue(size, self), shape)
@@ -241,6 +237,10 @@ impl Contender {
 
 async fn make_ours_tokio(size: usize) -> Result<Ours<pool_tokio::Tokio>, String> {
     ours(pool_tokio::Pool::builder(Fake), size).map(Ours)
+}
+
+async fn make_qp(size: usize) -> Result<Qp, String> {
+    Ok(Qp(qp::Pool::new(Fake, size)))
 }
 
 async fn make_bb8(size: usize) -> Result<Bb8, String> {
