@@ -3289,20 +3289,30 @@ pub async fn pgbouncer_named_statements_break_as_the_issue_says<R: PgRuntime>() 
     );
 }
 
+/// A pool of one connection with [`Statements::Unnamed`] on the test database (`None`: the
+/// test is skipped, as [`Db::open`] says).
+async fn unnamed_pool_of_one<R: PgRuntime>(test: &str) -> Option<(Db<R>, PgPool<R>)> {
+    let db = Db::<R>::open(test).await?;
+    let pool = db.build(
+        db.builder(db.manager().statements(Statements::Unnamed))
+            .max_size(1),
+    );
+    Some((db, pool))
+}
+
 /// [`Statements::Unnamed`] on a direct connection: a wrong parameter count fails with
 /// tokio-postgres's own error before anything runs, a syntax error with the server's, and
 /// the connection is idle outside a transaction after each; a text first seen inside the
 /// borrower's transaction is described there without ending it (its rollback undoes the
 /// insert made in it).
 pub async fn unnamed_statements_fail_cleanly_and_respect_the_borrowers_transaction<R: PgRuntime>() {
-    let test = "unnamed_statements_fail_cleanly_and_respect_the_borrowers_transaction";
-    let Some(db) = Db::<R>::open(test).await else {
+    let Some((db, pool)) = unnamed_pool_of_one::<R>(
+        "unnamed_statements_fail_cleanly_and_respect_the_borrowers_transaction",
+    )
+    .await
+    else {
         return;
     };
-    let pool = db.build(
-        db.builder(db.manager().statements(Statements::Unnamed))
-            .max_size(1),
-    );
     let conn = get(&pool).await;
     assert_eq!(conn.statements(), Statements::Unnamed);
     // The status of the last reply (a `Close` may still be due: it changes no status).
@@ -3377,14 +3387,12 @@ async fn statement_names(conn: &PgConnection) -> Vec<String> {
 /// run, frees it, and the borrower's transaction goes on. The run is planted here with SQL
 /// `PREPARE`, which shares the protocol's namespace, on a direct connection.
 pub async fn unnamed_statements_get_past_a_run_of_leftover_statement_names<R: PgRuntime>() {
-    let test = "unnamed_statements_get_past_a_run_of_leftover_statement_names";
-    let Some(db) = Db::<R>::open(test).await else {
+    let Some((db, pool)) =
+        unnamed_pool_of_one::<R>("unnamed_statements_get_past_a_run_of_leftover_statement_names")
+            .await
+    else {
         return;
     };
-    let pool = db.build(
-        db.builder(db.manager().statements(Statements::Unnamed))
-            .max_size(1),
-    );
     let conn = get(&pool).await;
     // The number tokio-postgres gave its latest statement in this process: the run starts
     // right after it, long enough that other tests preparing meanwhile do not carry this

@@ -302,6 +302,25 @@ async fn hold_in_another_task<R: Runtime>(
     release_tx
 }
 
+/// One acquire that waits at least `held_back`: another task holds the pool's one
+/// connection until then, and gives it back once the acquire has queued. Returns once the
+/// waiter was served.
+async fn serve_a_waiter_held_back_for<R: Runtime>(
+    rt: &Counted<R>,
+    pool: &TestPool<R>,
+    held_back: Duration,
+) {
+    let held = hold_in_another_task(rt, pool).await;
+    let waiter = {
+        let pool = pool.clone();
+        rt.spawn(async move { pool.get().await.map(|c| c.id) })
+    };
+    wait_until(rt, || pool.status().waiting == 1).await;
+    rt.sleep(held_back).await;
+    drop(held);
+    assert!(waiter.await.expect("the waiter ran").is_ok());
+}
+
 /// An acquire with a per-call timeout fails at its deadline, not before, and not much after.
 pub async fn acquire_timeout_is_honoured<R: Runtime>() {
     let rt = runtime::<R>();
@@ -1827,16 +1846,7 @@ pub async fn metrics_give_wait_percentiles_of_every_served_acquire<R: Runtime>()
     let m = pool.metrics();
     assert_eq!(m.wait_times.count(), 10, "{m:?}");
     assert_eq!(m.wait_times.p50(), Duration::ZERO, "{m:?}");
-    // One waiter held back by another task for 200 ms.
-    let held = hold_in_another_task(&rt, &pool).await;
-    let waiter = {
-        let pool = pool.clone();
-        rt.spawn(async move { pool.get().await.map(|c| c.id) })
-    };
-    wait_until(&rt, || pool.status().waiting == 1).await;
-    rt.sleep(Duration::from_millis(200)).await;
-    drop(held);
-    assert!(waiter.await.expect("the waiter ran").is_ok());
+    serve_a_waiter_held_back_for(&rt, &pool, Duration::from_millis(200)).await;
     let m = pool.metrics();
     let w = &m.wait_times;
     // ready, nine at once, the holder (at once), the waiter.
@@ -1864,15 +1874,8 @@ pub async fn a_pool_without_wait_times_counts_everything_but_the_waits<R: Runtim
     let rt = runtime::<R>();
     let pool = build(builder(&rt).max_size(1).wait_times(false));
     pool.ready().await.expect("a connection opens");
-    let held = hold_in_another_task(&rt, &pool).await;
-    let waiter = {
-        let pool = pool.clone();
-        rt.spawn(async move { pool.get().await.map(|c| c.id) })
-    };
-    wait_until(&rt, || pool.status().waiting == 1).await;
-    rt.sleep(Duration::from_millis(20)).await;
-    drop(held);
-    assert!(waiter.await.expect("the waiter ran").is_ok());
+    // Held back long enough that a measured wait could not be zero.
+    serve_a_waiter_held_back_for(&rt, &pool, Duration::from_millis(20)).await;
     let m = pool.metrics();
     // ready (which waited for the first connect), the holder, the waiter.
     assert_eq!(m.acquired, 3, "{m:?}");
