@@ -237,8 +237,9 @@ impl PgConnection {
                 // Through a pooler in transaction mode, a server connection can hold named
                 // statements another client prepared and never closed there (their `Close`
                 // went to another server connection): `describe_once` freed the run of them
-                // in the way (see `leftovers`), and tokio-postgres names each prepare afresh. The failed prepare was
-                // rolled back to its savepoint; the transaction went on.
+                // in the way (see `leftovers`), and tokio-postgres names each prepare
+                // afresh. The failed prepare was rolled back to its savepoint; the
+                // transaction went on.
                 Err((e, true))
                     if attempt < DESCRIBE_ATTEMPTS
                         && e.code() == Some(&SqlState::DUPLICATE_PSTATEMENT) =>
@@ -337,9 +338,9 @@ impl PgConnection {
     /// connection). Another process's tokio-postgres numbers its statements from the same
     /// start (`s0`, `s1`, ...), so such leftovers come in long runs, and this process would
     /// run into each one in turn: freeing only the one in the way would fail the next try
-    /// too. None of them is this process's: its statement numbers come from one
-    /// process-wide counter, which has not passed `from` yet, and the describe closes its own
-    /// statements in the transaction that prepared them.
+    /// too. None of them was prepared by this connection: tokio-postgres takes its numbers
+    /// from one process-wide counter, which stood at `from` when this describe took its name,
+    /// and a describe closes its statement in the transaction that prepared it.
     async fn leftovers(&self, from: u64) -> Result<String, Error> {
         let listed = self
             .client
