@@ -28,7 +28,7 @@
 //! | `db.client.connection.timeouts` | counter | timeouts | | acquires that failed with [`Error::TimedOut`](crate::Error::TimedOut) |
 //! | `db.client.connection.create_time` | histogram | seconds | | how long each successful connect took |
 //! | `db.client.connection.wait_time` | histogram | seconds | | how long each served acquire took to get its connection (zero for one served at once; a checkout check included) |
-//! | `db.client.connection.use_time` | histogram | seconds | | from each lend to its give-back |
+//! | `db.client.connection.use_time` | histogram | seconds | | from each lend to its give-back (from the end of a checkout check, which counts in the wait) |
 //!
 //! The instruments are registered when the pool is built, with the recorder in force then:
 //! install the recorder first (or build the pool inside `metrics::with_local_recorder`).

@@ -20,10 +20,12 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
-/// A manager of numbered connections that open at once.
+/// A manager of numbered connections that open at once, whose checkout check takes
+/// `check_takes`.
 #[derive(Default)]
 struct Numbers {
     opened: AtomicUsize,
+    check_takes: Duration,
 }
 
 impl pool_tokio::Manager for Numbers {
@@ -31,6 +33,12 @@ impl pool_tokio::Manager for Numbers {
     type Error = std::io::Error;
     async fn connect(&self) -> Result<usize, std::io::Error> {
         Ok(self.opened.fetch_add(1, SeqCst) + 1)
+    }
+    async fn check(&self, _: &mut usize) -> Result<(), std::io::Error> {
+        if !self.check_takes.is_zero() {
+            tokio::time::sleep(self.check_takes).await;
+        }
+        Ok(())
     }
 }
 
@@ -52,12 +60,21 @@ fn pool_with_recorder(
     name: &str,
     configure: impl FnOnce(pool_tokio::Builder<Numbers>) -> pool_tokio::Builder<Numbers>,
 ) -> (NumberPool, PrometheusHandle) {
+    pool_of_with_recorder(Numbers::default(), name, configure)
+}
+
+/// [`pool_with_recorder`] with a manager of the caller's.
+fn pool_of_with_recorder(
+    manager: Numbers,
+    name: &str,
+    configure: impl FnOnce(pool_tokio::Builder<Numbers>) -> pool_tokio::Builder<Numbers>,
+) -> (NumberPool, PrometheusHandle) {
     let recorder = PrometheusBuilder::new()
         .set_buckets(&[0.001, 0.01, 0.1, 1.0, 10.0])
         .expect("valid buckets")
         .build_recorder();
     let handle = recorder.handle();
-    let builder = configure(NumberPool::builder(Numbers::default()).name(name));
+    let builder = configure(NumberPool::builder(manager).name(name));
     let pool = metrics::with_local_recorder(&recorder, || builder.build()).expect("a valid pool");
     (pool, handle)
 }
@@ -215,6 +232,45 @@ fn a_prometheus_scrape_shows_the_pools_instruments_under_its_name() {
         // The pool's name, in its Debug too.
         assert_eq!(pool.name(), "orders");
         assert!(format!("{pool:?}").contains("orders"), "{pool:?}");
+    });
+}
+
+/// The use time runs from the lend to the give-back: a checkout check before the lend is
+/// part of the acquire's wait, not of the borrower's use.
+#[test]
+fn the_use_time_starts_when_the_checkout_check_has_passed() {
+    block_on(async {
+        let check_takes = Duration::from_millis(200);
+        let manager = Numbers {
+            check_takes,
+            ..Numbers::default()
+        };
+        // A zero bypass window: every acquire runs the check.
+        let (pool, handle) = pool_of_with_recorder(manager, "checked", |b| {
+            b.check_on_checkout(true).check_bypass(Duration::ZERO)
+        });
+        for _ in 0..3 {
+            drop(pool.get().await.expect("a checked connection"));
+        }
+        let scrape = handle.render();
+        let labels = [("db_client_connection_pool_name", "checked")];
+        let count = |name| sample(&scrape, name, &labels);
+        assert_eq!(
+            count("db_client_connection_use_time_count"),
+            Some(3.0),
+            "{scrape}"
+        );
+        let used = count("db_client_connection_use_time_sum").expect("a use-time sum");
+        let waited = count("db_client_connection_wait_time_sum").expect("a wait-time sum");
+        let checks = 3.0 * check_takes.as_secs_f64();
+        assert!(
+            waited >= checks,
+            "the three checks are in the waits: {waited} s waited in all"
+        );
+        assert!(
+            used < check_takes.as_secs_f64(),
+            "the checks are not in the uses: {used} s in use in all, each lend released at once"
+        );
     });
 }
 

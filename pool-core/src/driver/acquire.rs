@@ -279,6 +279,10 @@ async fn check<'a, M: Manager, R: Runtime>(
     let error = match result {
         Some(Some(Ok(()))) => {
             guard.close_on_drop = false;
+            // The check was part of the acquire (its wait), not of the borrower's use.
+            if shared.instruments.enabled() {
+                guard.lend_starts(shared.instruments.lent_at(shared.runtime.now()));
+            }
             return Checked::Passed(guard);
         }
         Some(Some(Err(e))) => e.to_string(),

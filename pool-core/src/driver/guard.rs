@@ -94,6 +94,12 @@ impl<'a, M: Manager, R: Runtime> PooledConnection<'a, M, R> {
         }
     }
 
+    /// Starts the lend's use time again at `lent_at`: a checkout check ran since the guard
+    /// was built, and the lend to the borrower begins only now.
+    pub(crate) fn lend_starts(&mut self, lent_at: LentAt) {
+        self.lent_at = lent_at;
+    }
+
     /// Closes the connection instead of returning it to the pool (its slot is freed and
     /// may be refilled).
     pub fn discard(mut self) {
