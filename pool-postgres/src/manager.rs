@@ -445,7 +445,11 @@ impl<R: PgRuntime> PgManager<R> {
                 let done = pin!(wire.wait_for(Wire::calm));
                 match select(done, pin!(rt.sleep_until(deadline))).await {
                     Either::Left((finished, _)) => finished,
-                    Either::Right(_) => wire.calm(),
+                    // The grace is over: cancel only if the model says a statement may
+                    // run. Not `calm()`: it also reads the driver's activity, which a reply
+                    // arriving right now (to a `Close`) turns on for a moment. What the
+                    // borrower queued was written before this wait (step 1 of the reset).
+                    Either::Right(_) => !wire.write_pending() && !wire.query_may_run(),
                 }
             }
             None => wire.wait_for(Wire::calm).await,
@@ -558,8 +562,12 @@ impl<R: PgRuntime> Manager for PgManager<R> {
         }
         // 3. Roll back (queued behind whatever is still in flight), stop listening, then the
         //    session reset: pipelined, one round trip.
-        let verdict = wire.verdict();
-        let rollback = cancelled > 0 || !wire.calm() || verdict.status != TransactionStatus::Idle;
+        //    Whether to roll back is decided from what the loop saw, never from a second
+        //    `calm()`: that also reads the driver's activity, which a reply to a `Close`
+        //    arriving now (a poll of the connection) turns on for a moment, and would then
+        //    roll back a session that is idle. Once calm, the status cannot change: only
+        //    `Close`/`Sync` replies are due. Not calm after the last cancel means cancelled.
+        let rollback = cancelled > 0 || wire.verdict().status != TransactionStatus::Idle;
         let session = self.session_sql().filter(|_| used);
         let listened = wire.listens() != conn.listen_mark;
         // CLEAN_SQL has its own UNLISTEN *.
