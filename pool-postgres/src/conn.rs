@@ -60,24 +60,13 @@ impl fmt::Display for Target {
 /// transaction mode).
 pub struct PgConnection {
     pub(crate) client: Client,
-    /// Everything else, behind one pointer: the pool moves a connection several times per
-    /// acquire and release, and moving this struct's 120 bytes went through `memcpy`, about
-    /// 490 instructions a cycle (more than the whole checkin); 32 bytes move inline.
-    pub(crate) inner: Box<Inner>,
-}
-
-// Keep it so: a new field belongs in `Inner`.
-const _: () = assert!(size_of::<PgConnection>() <= 4 * size_of::<usize>());
-
-/// What a [`PgConnection`] holds beside its client.
-pub(crate) struct Inner {
     pub(crate) link: Arc<Link>,
+    pub(crate) target: Arc<Target>,
     /// The wire's `sent` count when the session was last known to carry no borrower's state
     /// (after the connect, a check or a reset): a different count means "used since".
     pub(crate) clean_mark: u64,
     /// The wire's `listens` count when the session was last known to listen to nothing.
     pub(crate) listen_mark: u64,
-    pub(crate) target: Arc<Target>,
     /// The parameter types per SQL text under [`Statements::Unnamed`] (shared by the
     /// manager's connections); `None` under [`Statements::Named`].
     pub(crate) unnamed: Option<Arc<TypeCache>>,
@@ -123,7 +112,7 @@ impl PgConnection {
 
     /// The statement mode this connection runs `query(&str, ..)` in.
     pub fn statements(&self) -> Statements {
-        match self.inner.unnamed {
+        match self.unnamed {
             Some(_) => Statements::Unnamed,
             None => Statements::Named,
         }
@@ -139,7 +128,7 @@ impl PgConnection {
         statement: &T,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
-        match (statement.query_ref(), &self.inner.unnamed) {
+        match (statement.query_ref(), &self.unnamed) {
             (QueryRef::Sql(sql), Some(cache)) => {
                 let typed = self.typed(cache, sql, params).await?;
                 self.client.query_typed(sql, &typed).await
@@ -159,7 +148,7 @@ impl PgConnection {
         statement: &T,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, Error> {
-        match (statement.query_ref(), &self.inner.unnamed) {
+        match (statement.query_ref(), &self.unnamed) {
             (QueryRef::Sql(sql), Some(cache)) => {
                 let typed = self.typed(cache, sql, params).await?;
                 self.client.query_typed_one(sql, &typed).await
@@ -179,7 +168,7 @@ impl PgConnection {
         statement: &T,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, Error> {
-        match (statement.query_ref(), &self.inner.unnamed) {
+        match (statement.query_ref(), &self.unnamed) {
             (QueryRef::Sql(sql), Some(cache)) => {
                 let typed = self.typed(cache, sql, params).await?;
                 self.client.query_typed_opt(sql, &typed).await
@@ -199,7 +188,7 @@ impl PgConnection {
         statement: &T,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, Error> {
-        match (statement.query_ref(), &self.inner.unnamed) {
+        match (statement.query_ref(), &self.unnamed) {
             (QueryRef::Sql(sql), Some(cache)) => {
                 let typed = self.typed(cache, sql, params).await?;
                 self.client.execute_typed(sql, &typed).await
@@ -238,7 +227,7 @@ impl PgConnection {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Arc<[Type]>, Error> {
-        let _one_at_a_time = self.inner.describing.lock().await;
+        let _one_at_a_time = self.describing.lock().await;
         if let Some(types) = cache.get(sql).filter(|t| t.len() == params.len()) {
             return Ok(types);
         }
@@ -369,7 +358,7 @@ impl PgConnection {
     }
 
     pub(crate) fn wire(&self) -> &Arc<Wire> {
-        &self.inner.link.wire
+        &self.link.wire
     }
 
     /// Whether the connection to the server is closed (every query will fail).
@@ -394,7 +383,7 @@ impl DerefMut for PgConnection {
 impl fmt::Debug for PgConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PgConnection")
-            .field("target", &format_args!("{}", self.inner.target))
+            .field("target", &format_args!("{}", self.target))
             .field("transaction_status", &self.transaction_status())
             .field("closed", &self.is_closed())
             .finish()

@@ -11,11 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::{select, Either};
-use futures_util::lock::Mutex as AsyncMutex;
 use tokio_postgres::config::{Host, LoadBalanceHosts, TargetSessionAttrs};
 use tokio_postgres::{Config, NoTls, SimpleQueryMessage};
 
-use crate::conn::{Inner, PgConnection, Target};
+use crate::conn::{PgConnection, Target};
 use crate::error::PgError;
 use crate::runtime::{PgRuntime, Stream, TcpOptions};
 use crate::tls::{self, SslMode, Tls};
@@ -119,19 +118,17 @@ impl Connector {
         rt.spawn(Arc::clone(&link).run());
         let mut conn = PgConnection {
             client,
-            inner: Box::new(Inner {
-                link,
-                clean_mark: 0,
-                listen_mark: 0,
-                target: Arc::clone(target),
-                unnamed: None,
-                describing: AsyncMutex::default(),
-            }),
+            link,
+            target: Arc::clone(target),
+            clean_mark: 0,
+            listen_mark: 0,
+            unnamed: None,
+            describing: Default::default(),
         };
         self.check_session(&conn, target).await?;
         // The check is not a borrower's use.
-        conn.inner.clean_mark = wire.sent();
-        conn.inner.listen_mark = wire.listens();
+        conn.clean_mark = wire.sent();
+        conn.listen_mark = wire.listens();
         Ok(conn)
     }
 

@@ -403,7 +403,7 @@ impl<R: PgRuntime> PgManager<R> {
             return Err(PgError::Reset("a cancel request is already in flight"));
         };
         let rt = self.rt()?;
-        let target = &conn.inner.target;
+        let target = &conn.target;
         let io_error = |source| PgError::Connect {
             target: target.to_string(),
             source,
@@ -491,7 +491,7 @@ impl<R: PgRuntime> Manager for PgManager<R> {
 
     async fn connect(&self) -> Result<PgConnection, PgError> {
         let mut conn = self.connector.connect(&self.rt()?).await?;
-        conn.inner.unnamed.clone_from(&self.unnamed);
+        conn.unnamed.clone_from(&self.unnamed);
         self.counters.connects.fetch_add(1, Relaxed);
         Ok(conn)
     }
@@ -510,7 +510,7 @@ impl<R: PgRuntime> Manager for PgManager<R> {
             Check::Sql(sql) => conn.client.batch_execute(sql).await?,
         }
         // The check itself is not a borrower's use.
-        conn.inner.clean_mark = conn.wire().sent();
+        conn.clean_mark = conn.wire().sent();
         Ok(())
     }
 
@@ -523,12 +523,12 @@ impl<R: PgRuntime> Manager for PgManager<R> {
         // `Close` of a statement the borrower's last query dropped): it orders the reads of
         // the verdict after the connection's last writes.
         let wire = conn.wire();
-        let clean = conn.inner.link.settle_now()
+        let clean = conn.link.settle_now()
             && !wire.write_pending()
             && !wire.is_closed()
             && wire.verdict().may_lend()
-            && wire.listens() == conn.inner.listen_mark
-            && (self.reset == Reset::Rollback || wire.sent() == conn.inner.clean_mark);
+            && wire.listens() == conn.listen_mark
+            && (self.reset == Reset::Rollback || wire.sent() == conn.clean_mark);
         if clean {
             self.counters.clean_checkins.fetch_add(1, Relaxed);
         }
@@ -542,7 +542,7 @@ impl<R: PgRuntime> Manager for PgManager<R> {
             return Err(PgError::Closed);
         }
         // Everything the borrower queued is written now (or stuck in the socket buffer).
-        let used = wire.sent() != conn.inner.clean_mark || wire.write_pending();
+        let used = wire.sent() != conn.clean_mark || wire.write_pending();
         // 2. A statement may still be running: give it a moment, then cancel it on the
         //    server; again if another abandoned one runs after it (pipelined requests), a few
         //    times. Replies due only for a Close or a Sync are never a reason to cancel.
@@ -556,7 +556,7 @@ impl<R: PgRuntime> Manager for PgManager<R> {
                     "a statement is still running and cancel requests are off",
                 ));
             }
-            tracing::debug!(target = %conn.inner.target, "cancelling a query a dropped future left running");
+            tracing::debug!(target = %conn.target, "cancelling a query a dropped future left running");
             self.cancel(conn).await?;
             cancelled += 1;
         }
@@ -569,7 +569,7 @@ impl<R: PgRuntime> Manager for PgManager<R> {
         //    `Close`/`Sync` replies are due. Not calm after the last cancel means cancelled.
         let rollback = cancelled > 0 || wire.verdict().status != TransactionStatus::Idle;
         let session = self.session_sql().filter(|_| used);
-        let listened = wire.listens() != conn.inner.listen_mark;
+        let listened = wire.listens() != conn.listen_mark;
         // CLEAN_SQL has its own UNLISTEN *.
         let unlisten = listened && session != Some(CLEAN_SQL);
         let mut sql: Vec<&str> = Vec::new();
@@ -610,8 +610,8 @@ impl<R: PgRuntime> Manager for PgManager<R> {
             // The session listens to nothing now; what arrived before is nobody's.
             wire.clear_notifications();
         }
-        conn.inner.clean_mark = wire.sent();
-        conn.inner.listen_mark = wire.listens();
+        conn.clean_mark = wire.sent();
+        conn.listen_mark = wire.listens();
         Ok(())
     }
 }

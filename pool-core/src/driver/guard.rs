@@ -119,7 +119,7 @@ impl<'a, M: Manager, R: Runtime> PooledConnection<'a, M, R> {
             let bt = state.set_backtrace(lease.id(), None);
             (state.machine.detach(lease, now), bt)
         });
-        conn.raw
+        *conn.raw
     }
 
     /// Gives the connection back now, as `how` says, whatever the manager would decide.

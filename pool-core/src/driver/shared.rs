@@ -23,7 +23,12 @@ use crate::machine::{Failure, Lease, Status};
 
 /// A pooled connection as the machine holds it.
 pub(crate) struct Conn<C> {
-    pub(crate) raw: C,
+    /// Boxed once, at the connect: an acquire and a release move the connection about 17
+    /// times (the return lane, the acquire's stages, the guard), and a large one (a
+    /// PostgreSQL or Redis client with its bookkeeping, over 100 bytes) moved through a
+    /// `memcpy` call each time, some 30 instructions a move. A box moves inline whatever
+    /// the manager's type.
+    pub(crate) raw: Box<C>,
     /// When it was last handed out or returned, for the check bypass window.
     pub(crate) last_used: Instant,
 }

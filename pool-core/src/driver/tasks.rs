@@ -69,7 +69,7 @@ async fn connect<M: Manager, R: Runtime>(shared: Arc<Shared<M, R>>, slot: SlotId
                             .handle_connected(
                                 slot,
                                 Conn {
-                                    raw,
+                                    raw: Box::new(raw),
                                     last_used: now,
                                 },
                                 now,

@@ -57,7 +57,10 @@ impl<C, E> Machine<C, E> {
     }
 
     /// Replaces a slot's state, keeping the counters in step; the one place they change
-    /// (besides slot removal, which callers pair with the state they remove).
+    /// (besides slot removal, which callers pair with the state they remove). Inlined: once
+    /// the driver's connections were boxed, the compiler stopped inlining it on its own,
+    /// which cost a hand-off about 140 instructions.
+    #[inline]
     pub(super) fn set_state(&mut self, index: u32, state: SlotState<C>) -> SlotState<C> {
         let slot = &mut self.slots[index as usize];
         let old = std::mem::replace(&mut slot.state, state);
