@@ -12,6 +12,7 @@ pub mod harness;
 pub mod pg;
 pub mod redis_mode;
 pub mod report;
+mod service;
 pub mod stats;
 
 use std::io::Write as _;

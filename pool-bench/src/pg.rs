@@ -12,15 +12,14 @@
 //! it) for every contender alike.
 
 use std::fmt::Write as _;
-use std::future::Future;
 use std::ops::Deref;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
 
 use crate::harness::THREADS;
-use crate::stats::Histogram;
+use crate::service::{drive, median, micros, repeat, Lend, Run, Totals};
 use crate::Options;
 
 /// A tokio-postgres manager for this pool (pool-bench's own; no dependency on another crate).
@@ -123,28 +122,12 @@ impl PgPool {
     }
 }
 
-/// What the workers of one run add up to.
-#[derive(Debug, Default)]
-struct Totals {
-    queries: u64,
-    acquire: Duration,
-    release: Duration,
-    query: Duration,
-    waits: Histogram,
-    errors: u64,
-    first_error: Option<String>,
-    /// Workers still waiting 2 s after the window: hung.
-    stuck: usize,
-}
+/// The mode's operation: one simple query (`simple_query`; sqlx's `raw_sql`).
+pub(crate) struct SimpleQuery(&'static str);
 
-/// A lent connection that runs one simple query.
-trait Simple: Send {
-    fn simple(&mut self, sql: &'static str) -> impl Future<Output = Result<(), String>> + Send;
-}
-
-impl<T: Deref<Target = Client> + Send> Simple for T {
-    async fn simple(&mut self, sql: &'static str) -> Result<(), String> {
-        self.simple_query(sql)
+impl<T: Deref<Target = Client> + Send> Run<SimpleQuery> for T {
+    async fn run(&mut self, query: &SimpleQuery) -> Result<(), String> {
+        self.simple_query(query.0)
             .await
             .map(drop)
             .map_err(|e| e.to_string())
@@ -152,11 +135,11 @@ impl<T: Deref<Target = Client> + Send> Simple for T {
 }
 
 /// sqlx's guard; its own driver runs the query.
-struct SqlxGuard(sqlx::pool::PoolConnection<sqlx::Postgres>);
+pub(crate) struct SqlxGuard(sqlx::pool::PoolConnection<sqlx::Postgres>);
 
-impl Simple for SqlxGuard {
-    async fn simple(&mut self, sql: &'static str) -> Result<(), String> {
-        sqlx::raw_sql(sql)
+impl Run<SimpleQuery> for SqlxGuard {
+    async fn run(&mut self, query: &SimpleQuery) -> Result<(), String> {
+        sqlx::raw_sql(query.0)
             .execute(&mut *self.0)
             .await
             .map(drop)
@@ -164,19 +147,10 @@ impl Simple for SqlxGuard {
     }
 }
 
-/// A pool the PostgreSQL mode can drive.
-trait PgSource: Send + Sync + 'static {
-    /// The guard of a lent connection.
-    type Guard<'a>: Simple
-    where
-        Self: 'a;
-
-    /// Acquires a client; errors become messages.
-    fn get(&self) -> impl Future<Output = Result<Self::Guard<'_>, String>> + Send;
-}
-
 /// pool-postgres's guard derefs to its `PgConnection`; this derefs to the client.
-struct PgGuard<'a>(pool_tokio::PooledConnection<'a, pool_postgres::PgManager<pool_tokio::Tokio>>);
+pub(crate) struct PgGuard<'a>(
+    pool_tokio::PooledConnection<'a, pool_postgres::PgManager<pool_tokio::Tokio>>,
+);
 
 impl Deref for PgGuard<'_> {
     type Target = Client;
@@ -185,7 +159,7 @@ impl Deref for PgGuard<'_> {
     }
 }
 
-impl PgSource for pool_postgres::TokioPool {
+impl Lend<SimpleQuery> for pool_postgres::TokioPool {
     type Guard<'a> = PgGuard<'a>;
     async fn get(&self) -> Result<Self::Guard<'_>, String> {
         pool_tokio::Pool::get(self)
@@ -199,14 +173,14 @@ type Bb8Manager = bb8_postgres::PostgresConnectionManager<NoTls>;
 type MobcManager = mobc_postgres::PgConnectionManager<NoTls>;
 type QpManager = qp_postgres::PgConnManager<NoTls>;
 
-impl PgSource for pool_tokio::Pool<PgManager> {
+impl Lend<SimpleQuery> for pool_tokio::Pool<PgManager> {
     type Guard<'a> = pool_tokio::PooledConnection<'a, PgManager>;
     async fn get(&self) -> Result<Self::Guard<'_>, String> {
         pool_tokio::Pool::get(self).await.map_err(|e| e.to_string())
     }
 }
 
-impl PgSource for bb8::Pool<Bb8Manager> {
+impl Lend<SimpleQuery> for bb8::Pool<Bb8Manager> {
     type Guard<'a> = bb8::PooledConnection<'a, Bb8Manager>;
     async fn get(&self) -> Result<Self::Guard<'_>, String> {
         bb8::Pool::get(self).await.map_err(|e| e.to_string())
@@ -214,7 +188,7 @@ impl PgSource for bb8::Pool<Bb8Manager> {
 }
 
 /// deadpool-postgres' guard derefs to a wrapper of the client; this derefs to the client.
-struct DeadpoolGuard(deadpool_postgres::Client);
+pub(crate) struct DeadpoolGuard(deadpool_postgres::Client);
 
 impl Deref for DeadpoolGuard {
     type Target = Client;
@@ -223,7 +197,7 @@ impl Deref for DeadpoolGuard {
     }
 }
 
-impl PgSource for deadpool_postgres::Pool {
+impl Lend<SimpleQuery> for deadpool_postgres::Pool {
     type Guard<'a> = DeadpoolGuard;
     async fn get(&self) -> Result<Self::Guard<'_>, String> {
         deadpool_postgres::Pool::get(self)
@@ -233,14 +207,14 @@ impl PgSource for deadpool_postgres::Pool {
     }
 }
 
-impl PgSource for mobc::Pool<MobcManager> {
+impl Lend<SimpleQuery> for mobc::Pool<MobcManager> {
     type Guard<'a> = mobc::Connection<MobcManager>;
     async fn get(&self) -> Result<Self::Guard<'_>, String> {
         mobc::Pool::get(self).await.map_err(|e| e.to_string())
     }
 }
 
-impl PgSource for qp::Pool<QpManager> {
+impl Lend<SimpleQuery> for qp::Pool<QpManager> {
     type Guard<'a> = qp::Pooled<'a, QpManager>;
     async fn get(&self) -> Result<Self::Guard<'_>, String> {
         self.acquire_unchecked().await.map_err(|e| e.to_string())
@@ -254,7 +228,8 @@ mod fastpool_pg {
 
     use tokio_postgres::{Client, NoTls};
 
-    use super::PgSource;
+    use super::SimpleQuery;
+    use crate::service::Lend;
 
     /// A tokio-postgres manager for fastpool (it publishes none): connect, and recycle a
     /// client unless it is closed.
@@ -297,7 +272,7 @@ mod fastpool_pg {
         }
     }
 
-    impl PgSource for FastpoolPg {
+    impl Lend<SimpleQuery> for FastpoolPg {
         type Guard<'a> = fastpool::bounded::Object<Manager>;
         async fn get(&self) -> Result<Self::Guard<'_>, String> {
             self.0.get().await.map_err(|e| e.to_string())
@@ -305,7 +280,7 @@ mod fastpool_pg {
     }
 }
 
-impl PgSource for sqlx::PgPool {
+impl Lend<SimpleQuery> for sqlx::PgPool {
     type Guard<'a> = SqlxGuard;
     async fn get(&self) -> Result<Self::Guard<'_>, String> {
         self.acquire()
@@ -318,92 +293,11 @@ impl PgSource for sqlx::PgPool {
 /// The no-pool baseline: a client owned by one worker; "acquiring" it is borrowing it.
 struct Owned(Client);
 
-impl PgSource for Owned {
+impl Lend<SimpleQuery> for Owned {
     type Guard<'a> = &'a Client;
     async fn get(&self) -> Result<Self::Guard<'_>, String> {
         Ok(&self.0)
     }
-}
-
-/// One worker's loop: acquire, query, release, each timed, until `until`.
-async fn work<P: PgSource>(
-    pool: Arc<P>,
-    sql: &'static str,
-    until: Instant,
-    totals: Arc<Mutex<Totals>>,
-) {
-    let mut t = Totals::default();
-    while Instant::now() < until {
-        let t0 = Instant::now();
-        let got = pool.get().await;
-        let t1 = Instant::now();
-        let mut conn = match got {
-            Ok(conn) => conn,
-            Err(e) => {
-                t.errors += 1;
-                t.first_error.get_or_insert(e);
-                break;
-            }
-        };
-        let result = conn.simple(sql).await;
-        let t2 = Instant::now();
-        drop(conn);
-        let t3 = Instant::now();
-        if let Err(e) = result {
-            t.errors += 1;
-            t.first_error.get_or_insert(e);
-            break;
-        }
-        t.queries += 1;
-        t.acquire += t1 - t0;
-        t.query += t2 - t1;
-        t.release += t3 - t2;
-        t.waits.record((t1 - t0).as_nanos() as u64);
-    }
-    let mut all = totals.lock().unwrap_or_else(PoisonError::into_inner);
-    all.queries += t.queries;
-    all.acquire += t.acquire;
-    all.query += t.query;
-    all.release += t.release;
-    all.waits.merge(&t.waits);
-    all.errors += t.errors;
-    if all.first_error.is_none() {
-        all.first_error = t.first_error;
-    }
-}
-
-/// Warms the pools up (`size` clients held at once, then given back), runs one worker per
-/// pool in `pools` (all the same pool, or one each) until the window ends, adds them up.
-async fn drive<P: PgSource>(
-    pools: Vec<Arc<P>>,
-    size: usize,
-    sql: &'static str,
-    window: Duration,
-) -> Result<Totals, String> {
-    if let Some(pool) = pools.first() {
-        let mut held = Vec::with_capacity(size);
-        for _ in 0..size {
-            held.push(pool.get().await?);
-        }
-    }
-    let totals = Arc::new(Mutex::new(Totals::default()));
-    let until = Instant::now() + window;
-    let handles: Vec<_> = pools
-        .into_iter()
-        .map(|pool| tokio::spawn(work(pool, sql, until, Arc::clone(&totals))))
-        .collect();
-    let mut stuck = 0;
-    let grace = tokio::time::Instant::from_std(until + Duration::from_secs(2));
-    for h in handles {
-        let abort = h.abort_handle();
-        if tokio::time::timeout_at(grace, h).await.is_err() {
-            abort.abort();
-            stuck += 1;
-        }
-    }
-    let mut t = totals.lock().unwrap_or_else(PoisonError::into_inner);
-    t.stuck = stuck;
-    Ok(std::mem::take(&mut *t))
 }
 
 async fn run_one(
@@ -426,7 +320,7 @@ async fn run_one(
                 });
                 owned.push(Arc::new(Owned(client)));
             }
-            drive(owned, 0, sql, window).await
+            drive(owned, 0, SimpleQuery(sql), window).await
         }
         PgPool::Ours => {
             let pool = pool_tokio::Pool::builder(PgManager {
@@ -439,7 +333,7 @@ async fn run_one(
             .max_lifetime(None)
             .build()
             .map_err(|e| err(&e))?;
-            drive(repeat(pool, workers), size, sql, window).await
+            drive(repeat(pool, workers), size, SimpleQuery(sql), window).await
         }
         PgPool::OursPg => {
             // Plaintext like every other contender here (they connect with `NoTls`); the
@@ -452,7 +346,7 @@ async fn run_one(
                 .acquire_timeout(None)
                 .build()
                 .map_err(|e| err(&e))?;
-            drive(repeat(pool, workers), size, sql, window).await
+            drive(repeat(pool, workers), size, SimpleQuery(sql), window).await
         }
         PgPool::Bb8 => {
             let manager = bb8_postgres::PostgresConnectionManager::new(config.clone(), NoTls);
@@ -465,7 +359,7 @@ async fn run_one(
                 .build(manager)
                 .await
                 .map_err(|e| err(&e))?;
-            drive(repeat(pool, workers), size, sql, window).await
+            drive(repeat(pool, workers), size, SimpleQuery(sql), window).await
         }
         PgPool::Deadpool => {
             let manager = deadpool_postgres::Manager::from_config(
@@ -479,20 +373,20 @@ async fn run_one(
                 .max_size(size)
                 .build()
                 .map_err(|e| err(&e))?;
-            drive(repeat(pool, workers), size, sql, window).await
+            drive(repeat(pool, workers), size, SimpleQuery(sql), window).await
         }
         PgPool::Mobc => {
             let manager = mobc_postgres::PgConnectionManager::new(config.clone(), NoTls);
             let pool = crate::contenders::mobc_builder(size).build(manager);
-            drive(repeat(pool, workers), size, sql, window).await
+            drive(repeat(pool, workers), size, SimpleQuery(sql), window).await
         }
         PgPool::Qp => {
             let pool = qp_postgres::connect(config.clone(), NoTls, size);
-            drive(repeat(pool, workers), size, sql, window).await
+            drive(repeat(pool, workers), size, SimpleQuery(sql), window).await
         }
         PgPool::Fastpool => {
             let pool = fastpool_pg::FastpoolPg::new(config.clone(), size);
-            drive(repeat(pool, workers), size, sql, window).await
+            drive(repeat(pool, workers), size, SimpleQuery(sql), window).await
         }
         PgPool::Sqlx => {
             let pool = sqlx::postgres::PgPoolOptions::new()
@@ -502,7 +396,7 @@ async fn run_one(
                 .idle_timeout(None)
                 .max_lifetime(None)
                 .connect_lazy_with(sqlx_options(config));
-            drive(repeat(pool, workers), size, sql, window).await
+            drive(repeat(pool, workers), size, SimpleQuery(sql), window).await
         }
     }
 }
@@ -529,16 +423,6 @@ fn sqlx_options(config: &tokio_postgres::Config) -> sqlx::postgres::PgConnectOpt
         o = o.database(db);
     }
     o.ssl_mode(sqlx::postgres::PgSslMode::Disable)
-}
-
-/// `workers` handles of one pool.
-fn repeat<P>(pool: P, workers: usize) -> Vec<Arc<P>> {
-    let pool = Arc::new(pool);
-    (0..workers).map(|_| Arc::clone(&pool)).collect()
-}
-
-fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
 }
 
 /// Runs the PostgreSQL mode and returns its markdown report: against `--pg-url`, then (with
@@ -586,11 +470,7 @@ pub fn run(o: &Options) -> Result<String, String> {
                             );
                             let cell = (sql, workers, p);
                             let result = run_one(p, &config, workers, SIZE, sql, window).await;
-                            let totals = result.unwrap_or_else(|e| Totals {
-                                errors: 1,
-                                first_error: Some(e),
-                                ..Totals::default()
-                            });
+                            let totals = result.unwrap_or_else(Totals::failed);
                             match runs[t].iter_mut().find(|(c, _)| *c == cell) {
                                 Some((_, v)) => v.push(totals),
                                 None => runs[t].push((cell, vec![totals])),
@@ -606,11 +486,7 @@ pub fn run(o: &Options) -> Result<String, String> {
         for (t, (url, title)) in targets.iter().enumerate() {
             let cells: Vec<(Cell, Totals)> = runs[t]
                 .drain(..)
-                .map(|(cell, mut v)| {
-                    v.sort_by_key(|t| t.queries);
-                    let median = v.swap_remove(v.len() / 2);
-                    (cell, median)
-                })
+                .map(|(cell, v)| (cell, median(v)))
                 .collect();
             out.push_str(&report(url, title, &versions[t], o.pg_reps, window, &cells));
             medians.push(cells);
@@ -625,7 +501,7 @@ pub fn run(o: &Options) -> Result<String, String> {
             );
             for ((sql, workers, p), d) in direct {
                 if let Some((_, b)) = bounced.iter().find(|(c, _)| *c == (sql, *workers, *p)) {
-                    let (d, b) = (per_second(d, window), per_second(b, window));
+                    let (d, b) = (d.per_second(window), b.per_second(window));
                     let _ = writeln!(
                         out,
                         "| `{sql}` | {workers} | {} | {d:.0} | {b:.0} | {:.0} % |",
@@ -650,10 +526,6 @@ const QUERIES: [(&str, &[usize]); 2] = [
 
 /// One cell of the mode: query, workers, pool.
 type Cell = (&'static str, usize, PgPool);
-
-fn per_second(t: &Totals, window: Duration) -> f64 {
-    t.queries as f64 / window.as_secs_f64()
-}
 
 /// The server's version, as it reports it (through a pooler too).
 async fn server_version(url: &str) -> Result<String, String> {
@@ -704,24 +576,21 @@ fn report(
              acquire p99 µs | errors | hung workers |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for ((_, workers, p), t) in cells.iter().filter(|((s, _, _), _)| *s == sql) {
-            let n = t.queries.max(1) as f64;
+            let n = t.ops.max(1) as f64;
             let overhead = (micros(t.acquire) + micros(t.release)) / n;
-            let query = micros(t.query) / n;
+            let query = micros(t.op) / n;
             let _ = writeln!(
                 out,
                 "| {workers} | {} | {:.0} | {query:.1} | {:.2} | {:.2} | {overhead:.2} | \
                  {:.2} % | {:.2} % | {:.1} | {} | {} |",
                 p.name(),
-                per_second(t, window),
+                t.per_second(window),
                 micros(t.acquire) / n,
                 micros(t.release) / n,
                 overhead / 1000.0 * 100.0,
                 overhead / query * 100.0,
                 micros(t.waits.quantile(0.99)),
-                match &t.first_error {
-                    Some(e) => format!("{} ({e})", t.errors),
-                    None => t.errors.to_string(),
-                },
+                t.errors_cell(),
                 t.stuck
             );
         }

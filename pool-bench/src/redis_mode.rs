@@ -11,14 +11,14 @@
 //! `PING`s only past the pool's 500 ms bypass window and costs nothing at a clean checkin.
 
 use std::fmt::Write as _;
-use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::ops::DerefMut;
+use std::sync::Arc;
+use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 
 use crate::harness::THREADS;
-use crate::stats::Histogram;
+use crate::service::{drive, median, micros, repeat, Lend, Run, Totals};
 use crate::Options;
 
 /// The pools of the Redis mode.
@@ -71,48 +71,36 @@ impl RedisPool {
     }
 }
 
-/// What the workers of one run add up to.
-#[derive(Debug, Default)]
-struct Totals {
-    commands: u64,
-    acquire: Duration,
-    release: Duration,
-    command: Duration,
-    waits: Histogram,
-    errors: u64,
-    first_error: Option<String>,
-    /// Workers still waiting 2 s after the window: hung.
-    stuck: usize,
-}
+/// The mode's operation: `GET` of the mode's key.
+pub(crate) struct Get(redis::Cmd);
 
-/// A pool the Redis mode can drive.
-trait Source: Send + Sync + 'static {
-    /// The guard of a lent connection.
-    type Guard<'a>: std::ops::DerefMut<Target: ConnectionLike + Send + Sized> + Send
-    where
-        Self: 'a;
-
-    /// Acquires a connection; errors become messages.
-    fn get(&self) -> impl Future<Output = Result<Self::Guard<'_>, String>> + Send;
+impl<T: DerefMut<Target: ConnectionLike + Send + Sized> + Send> Run<Get> for T {
+    async fn run(&mut self, get: &Get) -> Result<(), String> {
+        get.0
+            .query_async::<Option<String>>(&mut **self)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
 }
 
 type Ours = pool_redis::TokioPool;
 
-impl Source for Ours {
+impl Lend<Get> for Ours {
     type Guard<'a> = pool_tokio::PooledConnection<'a, pool_redis::RedisManager<pool_tokio::Tokio>>;
     async fn get(&self) -> Result<Self::Guard<'_>, String> {
         pool_tokio::Pool::get(self).await.map_err(|e| e.to_string())
     }
 }
 
-impl Source for bb8::Pool<bb8_redis::RedisConnectionManager> {
+impl Lend<Get> for bb8::Pool<bb8_redis::RedisConnectionManager> {
     type Guard<'a> = bb8::PooledConnection<'a, bb8_redis::RedisConnectionManager>;
     async fn get(&self) -> Result<Self::Guard<'_>, String> {
         bb8::Pool::get(self).await.map_err(|e| e.to_string())
     }
 }
 
-impl Source for deadpool_redis::Pool {
+impl Lend<Get> for deadpool_redis::Pool {
     type Guard<'a> = deadpool_redis::Connection;
     async fn get(&self) -> Result<Self::Guard<'_>, String> {
         deadpool_redis::Pool::get(self)
@@ -125,94 +113,11 @@ impl Source for deadpool_redis::Pool {
 /// other task ever contends).
 struct Owned(tokio::sync::Mutex<MultiplexedConnection>);
 
-impl Source for Owned {
+impl Lend<Get> for Owned {
     type Guard<'a> = tokio::sync::MutexGuard<'a, MultiplexedConnection>;
     async fn get(&self) -> Result<Self::Guard<'_>, String> {
         Ok(self.0.lock().await)
     }
-}
-
-/// One worker's loop: acquire, `GET key`, release, each timed, until `until`.
-async fn work<P: Source>(pool: Arc<P>, key: String, until: Instant, totals: Arc<Mutex<Totals>>) {
-    let mut t = Totals::default();
-    let get = redis::Cmd::get(&key);
-    while Instant::now() < until {
-        let t0 = Instant::now();
-        let got = pool.get().await;
-        let t1 = Instant::now();
-        let mut conn = match got {
-            Ok(conn) => conn,
-            Err(e) => {
-                t.errors += 1;
-                t.first_error.get_or_insert(e);
-                break;
-            }
-        };
-        let result: redis::RedisResult<Option<String>> = get.query_async(&mut *conn).await;
-        let t2 = Instant::now();
-        drop(conn);
-        let t3 = Instant::now();
-        if let Err(e) = result {
-            t.errors += 1;
-            t.first_error.get_or_insert(e.to_string());
-            break;
-        }
-        t.commands += 1;
-        t.acquire += t1 - t0;
-        t.command += t2 - t1;
-        t.release += t3 - t2;
-        t.waits.record((t1 - t0).as_nanos() as u64);
-    }
-    let mut all = totals.lock().unwrap_or_else(PoisonError::into_inner);
-    all.commands += t.commands;
-    all.acquire += t.acquire;
-    all.command += t.command;
-    all.release += t.release;
-    all.waits.merge(&t.waits);
-    all.errors += t.errors;
-    if all.first_error.is_none() {
-        all.first_error = t.first_error;
-    }
-}
-
-/// Warms the pools up (`size` connections held at once, then given back), runs one worker
-/// per entry of `pools` until the window ends, adds them up.
-async fn drive<P: Source>(
-    pools: Vec<Arc<P>>,
-    size: usize,
-    key: &str,
-    window: Duration,
-) -> Result<Totals, String> {
-    if let Some(pool) = pools.first() {
-        let mut held = Vec::with_capacity(size);
-        for _ in 0..size {
-            held.push(pool.get().await?);
-        }
-    }
-    let totals = Arc::new(Mutex::new(Totals::default()));
-    let until = Instant::now() + window;
-    let handles: Vec<_> = pools
-        .into_iter()
-        .map(|pool| tokio::spawn(work(pool, key.to_owned(), until, Arc::clone(&totals))))
-        .collect();
-    let mut stuck = 0;
-    let grace = tokio::time::Instant::from_std(until + Duration::from_secs(2));
-    for h in handles {
-        let abort = h.abort_handle();
-        if tokio::time::timeout_at(grace, h).await.is_err() {
-            abort.abort();
-            stuck += 1;
-        }
-    }
-    let mut t = totals.lock().unwrap_or_else(PoisonError::into_inner);
-    t.stuck = stuck;
-    Ok(std::mem::take(&mut *t))
-}
-
-/// `workers` handles of one pool.
-fn repeat<P>(pool: P, workers: usize) -> Vec<Arc<P>> {
-    let pool = Arc::new(pool);
-    (0..workers).map(|_| Arc::clone(&pool)).collect()
 }
 
 async fn run_one(
@@ -225,6 +130,7 @@ async fn run_one(
 ) -> Result<Totals, String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
     let hour = Duration::from_secs(3600);
+    let get = || Get(redis::Cmd::get(key));
     match which {
         RedisPool::NoPool => {
             let client = redis::Client::open(url).map_err(|e| err(&e))?;
@@ -236,7 +142,7 @@ async fn run_one(
                     .map_err(|e| err(&e))?;
                 owned.push(Arc::new(Owned(tokio::sync::Mutex::new(conn))));
             }
-            drive(owned, 0, key, window).await
+            drive(owned, 0, get(), window).await
         }
         RedisPool::Ours => {
             let manager = pool_redis::RedisManager::from_url(url).map_err(|e| err(&e))?;
@@ -245,7 +151,7 @@ async fn run_one(
                 .acquire_timeout(None)
                 .build()
                 .map_err(|e| err(&e))?;
-            drive(repeat(pool, workers), size, key, window).await
+            drive(repeat(pool, workers), size, get(), window).await
         }
         RedisPool::Bb8 | RedisPool::Bb8Unchecked => {
             let manager = bb8_redis::RedisConnectionManager::new(url).map_err(|e| err(&e))?;
@@ -256,7 +162,7 @@ async fn run_one(
                 .build(manager)
                 .await
                 .map_err(|e| err(&e))?;
-            drive(repeat(pool, workers), size, key, window).await
+            drive(repeat(pool, workers), size, get(), window).await
         }
         RedisPool::Deadpool => {
             let mut config = deadpool_redis::Config::from_url(url);
@@ -264,7 +170,7 @@ async fn run_one(
             let pool = config
                 .create_pool(Some(deadpool_redis::Runtime::Tokio1))
                 .map_err(|e| err(&e))?;
-            drive(repeat(pool, workers), size, key, window).await
+            drive(repeat(pool, workers), size, get(), window).await
         }
     }
 }
@@ -274,14 +180,6 @@ const SIZE: usize = 16;
 
 /// The worker counts.
 const WORKERS: [usize; 3] = [1, 16, 64];
-
-fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-fn per_second(t: &Totals, window: Duration) -> f64 {
-    t.commands as f64 / window.as_secs_f64()
-}
 
 /// Runs the Redis mode against `--redis-url` and returns its markdown report. With
 /// `--redis-reps N` every cell runs N times (all cells of a repetition before the next) and
@@ -338,11 +236,7 @@ pub fn run(o: &Options) -> Result<String, String> {
                         p.name()
                     );
                     let result = run_one(p, url, workers, SIZE, &key, window).await;
-                    let totals = result.unwrap_or_else(|e| Totals {
-                        errors: 1,
-                        first_error: Some(e),
-                        ..Totals::default()
-                    });
+                    let totals = result.unwrap_or_else(Totals::failed);
                     match runs.iter_mut().find(|(c, _)| *c == (workers, p)) {
                         Some((_, v)) => v.push(totals),
                         None => runs.push(((workers, p), vec![totals])),
@@ -353,11 +247,7 @@ pub fn run(o: &Options) -> Result<String, String> {
         eprintln!("\r\x1b[2KRedis mode done");
         let cells: Vec<((usize, RedisPool), Totals)> = runs
             .into_iter()
-            .map(|(cell, mut v)| {
-                v.sort_by_key(|t| t.commands);
-                let median = v.swap_remove(v.len() / 2);
-                (cell, median)
-            })
+            .map(|(cell, v)| (cell, median(v)))
             .collect();
         let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(&key).query_async(&mut conn).await;
         Ok(report(url, &version, o.redis_reps, window, &cells))
@@ -389,23 +279,20 @@ fn report(
          |---|---|---|---|---|---|---|---|---|---|---|"
     );
     for ((workers, p), t) in cells {
-        let n = t.commands.max(1) as f64;
+        let n = t.ops.max(1) as f64;
         let overhead = (micros(t.acquire) + micros(t.release)) / n;
-        let command = micros(t.command) / n;
+        let command = micros(t.op) / n;
         let _ = writeln!(
             out,
             "| {workers} | {} | {:.0} | {command:.1} | {:.2} | {:.2} | {overhead:.2} | {:.1} % | \
              {:.1} | {} | {} |",
             p.name(),
-            per_second(t, window),
+            t.per_second(window),
             micros(t.acquire) / n,
             micros(t.release) / n,
             overhead / command.max(f64::MIN_POSITIVE) * 100.0,
             micros(t.waits.quantile(0.99)),
-            match &t.first_error {
-                Some(e) => format!("{} ({e})", t.errors),
-                None => t.errors.to_string(),
-            },
+            t.errors_cell(),
             t.stuck
         );
     }
